@@ -1,0 +1,7 @@
+"""``python -m nearline``."""
+
+import sys
+
+from nearline.cli import main
+
+sys.exit(main())

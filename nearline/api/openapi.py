@@ -1,0 +1,165 @@
+"""The OpenAPI 3.1 document, generated from the catalog so each pipeline's input schema is in it.
+
+Each pipeline gets its own ``/api/score/<name>`` path: its request body schema is exact, which is
+what lets generated clients and schemathesis exercise the real input contract.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from nearline import __version__
+from nearline.constants import LANES, MAX_TIMEOUT_S, MAX_WAIT_S
+
+if TYPE_CHECKING:
+    from nearline.pipelines.spec import Catalog
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+_ACCEPTED = {
+    "type": "object",
+    "required": ["id", "statusQueryGetUri", "terminatePostUri", "purgeHistoryDeleteUri"],
+    "properties": {
+        k: {"type": "string"}
+        for k in ("id", "statusQueryGetUri", "terminatePostUri", "purgeHistoryDeleteUri")
+    },
+}
+_STATUS = {
+    "type": "object",
+    "required": [
+        "instanceId",
+        "name",
+        "runtimeStatus",
+        "input",
+        "output",
+        "customStatus",
+        "createdTime",
+        "lastUpdatedTime",
+    ],
+    "properties": {
+        "instanceId": {"type": "string"},
+        "name": {"type": "string"},
+        "runtimeStatus": {"enum": ["Pending", "Running", "Completed", "Failed", "Terminated"]},
+        "input": {},
+        "output": {},
+        "customStatus": {},
+        "createdTime": {"type": ["string", "null"]},
+        "lastUpdatedTime": {"type": ["string", "null"]},
+    },
+}
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
+}
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): _json(_ERROR, "error") for c in codes}
+
+
+def _score_operation(name: str, description: str, input_schema: dict[str, Any]) -> dict[str, Any]:
+    body = {
+        "type": "object",
+        "required": ["input"],
+        "additionalProperties": False,
+        "properties": {
+            "input": copy.deepcopy(input_schema),
+            "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S},
+            "priority": {"enum": list(LANES)},
+            "callback_url": {"type": "string", "format": "uri"},
+        },
+    }
+    return {
+        "post": {
+            "operationId": f"score_{name}",
+            "summary": description or f"Score with pipeline {name}",
+            "parameters": [
+                _WAIT,
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                },
+            ],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "200": _json(_STATUS, "the job ended within the wait"),
+                "202": _json(_ACCEPTED, "accepted; poll statusQueryGetUri"),
+                **_errors(400, 401, 404, 413, 503),
+            },
+        }
+    }
+
+
+def openapi_document(catalog: Catalog, server_url: str) -> dict[str, Any]:
+    """OpenAPI 3.1 for every route of DESIGN §2, with one score path per pipeline."""
+    paths: dict[str, Any] = {
+        f"/api/score/{p.name}": _score_operation(p.name, p.description, p.input_schema) for p in catalog
+    }
+    paths["/api/jobs/{id}"] = {
+        "get": {
+            "operationId": "get_job",
+            "parameters": [_ID, _WAIT],
+            "responses": {
+                "200": _json(_STATUS, "terminal"),
+                "202": _json(_STATUS, "pending or running"),
+                **_errors(400, 401, 404),
+            },
+        },
+        "delete": {
+            "operationId": "purge_job",
+            "parameters": [_ID],
+            "responses": {"200": {"description": "purged"}, **_errors(401, 404)},
+        },
+    }
+    paths["/api/jobs/{id}/terminate"] = {
+        "post": {
+            "operationId": "terminate_job",
+            "parameters": [
+                _ID,
+                {"name": "reason", "in": "query", "required": False, "schema": {"type": "string"}},
+            ],
+            "responses": {"202": {"description": "terminated"}, **_errors(401, 404, 410)},
+        },
+    }
+    paths["/api/pipelines"] = {
+        "get": {
+            "operationId": "list_pipelines",
+            "responses": {"200": {"description": "pipelines with their input JSON Schemas"}, **_errors(401)},
+        }
+    }
+    paths["/api/health"] = {"get": {"operationId": "health", "responses": {"200": {"description": "ok"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "nearline",
+            "version": __version__,
+            "description": "Near-real-time scoring: submit, get 202 + a status URL, poll.",
+        },
+        "servers": [{"url": server_url}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
+                "code": {"type": "apiKey", "in": "query", "name": "code"},
+            }
+        },
+    }

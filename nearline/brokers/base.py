@@ -1,0 +1,138 @@
+"""The broker seam: a handful of methods every queue backend implements.
+
+Semantics every backend guarantees (the contract suite in ``tests/test_brokers.py`` checks them):
+
+* ``send`` is idempotent on ``message_id`` while a message with that id is queued or leased
+  (Service Bus duplicate detection; the others keep the id unique).
+* ``receive`` hands out up to ``max_messages`` messages, each leased for ``lease_s`` seconds:
+  invisible to other receivers until completed, abandoned, dead-lettered or the lease expires,
+  after which it is delivered again with ``delivery_count`` one higher. Lanes are drained in
+  priority order: ``high`` before ``normal`` before ``low``.
+* ``complete`` removes a leased message; ``abandon`` makes it visible again at once;
+  ``dead_letter`` moves it to the queue's dead-letter store. Settling with a stale lease
+  (expired and re-leased elsewhere) raises :class:`LeaseLost` and changes nothing.
+* ``depth`` counts messages waiting or leased (not dead-lettered).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nearline.constants import DEFAULT_LANE, LEASE_S
+from nearline.errors import BrokerError
+
+
+class LeaseLost(BrokerError):
+    """The message's lease expired and it was handed to another receiver."""
+
+    code = "LeaseLost"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A received message, leased to this receiver until settled or ``lease_s`` passes."""
+
+    queue: str
+    message_id: str
+    body: bytes
+    lane: str
+    delivery_count: int
+    lease_token: str
+    enqueued_at: float
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead-lettered message and why it was dead-lettered."""
+
+    queue: str
+    message_id: str
+    body: bytes
+    reason: str
+    delivery_count: int
+
+
+class Broker(abc.ABC):
+    """A queue backend. Thread-safe: one instance may be shared by a process's threads."""
+
+    #: The URL this broker was opened with (credentials removed).
+    url: str = ""
+
+    @abc.abstractmethod
+    def send(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str,
+        lane: str = DEFAULT_LANE,
+        ttl_s: float | None = None,
+    ) -> None:
+        """Enqueue ``body``. A message still queued with the same id makes this a no-op.
+
+        ``ttl_s``, when given, lets the broker drop the message unreceived after that long.
+        """
+
+    def send_many(
+        self,
+        queue: str,
+        messages: Sequence[tuple[str, bytes]],
+        *,
+        lane: str = DEFAULT_LANE,
+        ttl_s: float | None = None,
+    ) -> None:
+        """:meth:`send` each ``(message_id, body)``; backends that can do it in one round trip do.
+
+        A worker publishes a batch's results with this. Not atomic: after an error, some of the
+        messages may have been sent (sending them again is harmless: send is idempotent).
+        """
+        for message_id, body in messages:
+            self.send(queue, body, message_id=message_id, lane=lane, ttl_s=ttl_s)
+
+    @abc.abstractmethod
+    def receive(
+        self, queue: str, max_messages: int, wait_s: float, lease_s: float = LEASE_S
+    ) -> list[Delivery]:
+        """Lease up to ``max_messages``; block up to ``wait_s`` for the first one to arrive."""
+
+    @abc.abstractmethod
+    def complete(self, delivery: Delivery) -> None:
+        """Remove a leased message for good."""
+
+    def complete_many(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """:meth:`complete` each delivery, in one round trip where the backend can.
+
+        Returns the deliveries whose lease was lost (left unchanged); the others are removed.
+        """
+        lost = []
+        for delivery in deliveries:
+            try:
+                self.complete(delivery)
+            except LeaseLost:
+                lost.append(delivery)
+        return lost
+
+    @abc.abstractmethod
+    def abandon(self, delivery: Delivery) -> None:
+        """Give a leased message back: visible again at once, delivery count kept."""
+
+    @abc.abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move a leased message to the dead-letter store with ``reason``."""
+
+    @abc.abstractmethod
+    def renew(self, delivery: Delivery, lease_s: float = LEASE_S) -> None:
+        """Extend a lease that is still held (long batches)."""
+
+    @abc.abstractmethod
+    def depth(self, queue: str) -> int:
+        """Messages waiting or leased on ``queue`` across all lanes."""
+
+    @abc.abstractmethod
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """The oldest dead-lettered messages of ``queue`` (for operators and tests)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to close
+        """Release connections. The broker is unusable afterwards."""

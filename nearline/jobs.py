@@ -1,0 +1,74 @@
+"""Job records and the status document (DESIGN §2).
+
+A :class:`JobRecord` is what a status store keeps; :func:`status_document` is the one function
+that renders it for clients, used by the local API and the Azure HTTP functions alike.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+
+class JobStatus(enum.StrEnum):
+    """Durable Functions' runtimeStatus values that nearline uses."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    TERMINATED = "Terminated"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TERMINATED)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as a status store holds it. Times are epoch seconds (UTC)."""
+
+    id: str
+    pipeline: str
+    input: Any
+    status: JobStatus = JobStatus.PENDING
+    output: Any = None
+    custom_status: Any = None
+    created: float = 0.0
+    updated: float = 0.0
+    deadline: float | None = None
+    priority: str = "normal"
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+
+    def with_status(self, status: JobStatus, output: Any = None, now: float | None = None) -> JobRecord:
+        return replace(self, status=status, output=output, updated=now if now is not None else time.time())
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds → ISO 8601 UTC with a ``Z`` suffix, as Durable Functions writes them."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def status_document(job: JobRecord) -> dict[str, Any]:
+    """The status document every profile returns from ``GET /api/jobs/{id}``."""
+    return {
+        "instanceId": job.id,
+        "name": job.pipeline,
+        "runtimeStatus": job.status.value,
+        "input": job.input,
+        "output": job.output,
+        "customStatus": job.custom_status,
+        "createdTime": iso(job.created),
+        "lastUpdatedTime": iso(job.updated),
+    }
+
+
+def error_output(code: str, message: str) -> dict[str, Any]:
+    """The ``output`` of a Failed job."""
+    return {"error": {"code": code, "message": message}}

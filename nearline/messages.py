@@ -1,0 +1,144 @@
+"""Wire messages (DESIGN §3): the request and result messages, JSON on every broker.
+
+The field names are firm: workers, the Azure response function and external tools read them.
+Messages are parsed once, when received, into frozen dataclasses; a message that does not
+parse is reported as :class:`MessageError` and never unpickled or guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from nearline.constants import DEFAULT_LANE, LANES
+from nearline.errors import NearlineError
+
+
+class MessageError(NearlineError):
+    """A message body is not a valid nearline message."""
+
+    code = "PoisonMessage"
+
+
+Priority = Literal["high", "normal", "low"]
+
+
+@dataclass(frozen=True)
+class RequestMessage:
+    """A scoring request on the request queue; ``id`` is the job id and the message id."""
+
+    id: str
+    pipeline: str
+    input: Any
+    enqueued_at: float
+    deadline: float | None = None
+    priority: str = DEFAULT_LANE
+    attempt: int = 1
+
+    def expired(self, now: float | None = None) -> bool:
+        """True when the deadline has passed."""
+        return self.deadline is not None and (now if now is not None else time.time()) >= self.deadline
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> RequestMessage:
+        data = _load_object(body)
+        try:
+            msg = cls(
+                id=_str(data, "id"),
+                pipeline=_str(data, "pipeline"),
+                input=data.get("input"),
+                enqueued_at=float(data["enqueued_at"]),
+                deadline=None if data.get("deadline") is None else float(data["deadline"]),
+                priority=str(data.get("priority", DEFAULT_LANE)),
+                attempt=int(data.get("attempt", 1)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MessageError(f"request message: bad or missing field: {exc}") from None
+        if msg.priority not in LANES:
+            raise MessageError(f"request message: priority {msg.priority!r} is not one of {LANES}")
+        return msg
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    """A job's result on the response queue: ``output`` when Completed, ``error`` when Failed."""
+
+    id: str
+    status: Literal["Completed", "Failed"]
+    output: Any = None
+    error: dict[str, str] | None = None
+    worker: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def completed(cls, id: str, output: Any, **kw: Any) -> ResultMessage:
+        return cls(id=id, status="Completed", output=output, **kw)
+
+    @classmethod
+    def failed(cls, id: str, code: str, message: str, **kw: Any) -> ResultMessage:
+        return cls(id=id, status="Failed", error={"code": code, "message": message}, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "worker": self.worker,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "timings": self.timings,
+        }
+        if self.status == "Completed":
+            d["output"] = self.output
+        else:
+            d["error"] = self.error
+        return d
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> ResultMessage:
+        data = _load_object(body)
+        status = data.get("status")
+        if status not in ("Completed", "Failed"):
+            raise MessageError(f"result message: status {status!r} is not Completed or Failed")
+        error = data.get("error")
+        if status == "Failed" and not (isinstance(error, dict) and "code" in error):
+            raise MessageError("result message: a Failed result needs error.code")
+        try:
+            return cls(
+                id=_str(data, "id"),
+                status=status,
+                output=data.get("output"),
+                error=error,
+                worker=str(data.get("worker", "")),
+                started_at=data.get("started_at"),
+                finished_at=data.get("finished_at"),
+                timings=dict(data.get("timings") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MessageError(f"result message: bad or missing field: {exc}") from None
+
+
+def _load_object(body: bytes | str) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError(f"message is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MessageError("message is not a JSON object")
+    return data
+
+
+def _str(data: dict[str, Any], key: str) -> str:
+    value = data[key]
+    if not isinstance(value, str) or not value:
+        raise MessageError(f"message field {key!r} must be a non-empty string")
+    return value

@@ -1,0 +1,68 @@
+"""The status-store seam: where job records live between submit and purge.
+
+Guarantees every backend gives (checked by ``tests/test_store.py`` on each):
+
+* ``create`` is idempotent on the job id: a second create returns the existing record.
+* Transitions are compare-and-set: ``mark_running`` only moves Pending → Running;
+  ``finish`` only moves a non-terminal job to a terminal state and returns False otherwise,
+  so a job never has two different results.
+* Every terminal transition made through this store notifies :attr:`waiters`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from typing import Any
+
+from nearline.jobs import JobRecord, JobStatus
+from nearline.waiters import Waiters
+
+
+class StatusStore(abc.ABC):
+    """Job records. Thread-safe."""
+
+    url: str = ""
+
+    def __init__(self) -> None:
+        self.waiters = Waiters()
+
+    @abc.abstractmethod
+    def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        """Insert ``job``; when its id exists already, return ``(existing, False)``."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> JobRecord | None:
+        """The record, or None."""
+
+    @abc.abstractmethod
+    def mark_running(self, job_ids: Iterable[str], now: float) -> None:
+        """Move those of ``job_ids`` that are Pending to Running."""
+
+    @abc.abstractmethod
+    def finish(self, job_id: str, status: JobStatus, output: Any, now: float) -> bool:
+        """Move a non-terminal job to terminal ``status``; False if absent or already terminal."""
+
+    @abc.abstractmethod
+    def delete(self, job_id: str) -> bool:
+        """Purge one record; False if there was none."""
+
+    @abc.abstractmethod
+    def overdue(self, now: float, limit: int = 500) -> list[str]:
+        """Ids of non-terminal jobs whose deadline is at or before ``now``."""
+
+    @abc.abstractmethod
+    def purge_terminal(self, updated_before: float) -> int:
+        """Delete terminal records last updated before ``updated_before``; how many."""
+
+    def statuses(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+        """Current status of each id that exists (workers skip Terminated jobs with this)."""
+        out = {}
+        for job_id in job_ids:
+            job = self.get(job_id)
+            if job is not None:
+                out[job_id] = job.status
+        return out
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

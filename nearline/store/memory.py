@@ -1,0 +1,70 @@
+"""In-process status store: ``memory://``. Nothing survives the process."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+from nearline.jobs import JobRecord, JobStatus
+from nearline.store.base import StatusStore
+
+
+class MemoryStore(StatusStore):
+    """Records in a dict under one lock."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        super().__init__()
+        self.url = url
+        self._jobs: dict[str, JobRecord] = {}
+        self._lock = threading.Lock()
+
+    def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        with self._lock:
+            existing = self._jobs.get(job.id)
+            if existing is not None:
+                return existing, False
+            self._jobs[job.id] = job
+            return job, True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def mark_running(self, job_ids: Iterable[str], now: float) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                job = self._jobs.get(job_id)
+                if job is not None and job.status is JobStatus.PENDING:
+                    self._jobs[job_id] = replace(job, status=JobStatus.RUNNING, updated=now)
+
+    def finish(self, job_id: str, status: JobStatus, output: Any, now: float) -> bool:
+        if not status.terminal:
+            raise ValueError(f"finish needs a terminal status, not {status.value}")
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.status.terminal:
+                return False
+            self._jobs[job_id] = job.with_status(status, output, now)
+        self.waiters.notify(job_id)
+        return True
+
+    def delete(self, job_id: str) -> bool:
+        with self._lock:
+            return self._jobs.pop(job_id, None) is not None
+
+    def overdue(self, now: float, limit: int = 500) -> list[str]:
+        with self._lock:
+            return [
+                j.id
+                for j in self._jobs.values()
+                if not j.status.terminal and j.deadline is not None and j.deadline <= now
+            ][:limit]
+
+    def purge_terminal(self, updated_before: float) -> int:
+        with self._lock:
+            old = [j.id for j in self._jobs.values() if j.status.terminal and j.updated < updated_before]
+            for job_id in old:
+                del self._jobs[job_id]
+            return len(old)

@@ -1,0 +1,93 @@
+"""Start a real ``nearline serve`` subprocess on a free port and wait until it answers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running server: its base URL, process and log file."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    data_dir: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the server (its workers get SIGTERM through PR_SET_PDEATHSIG)."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def start_server(
+    data_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    ready_timeout: float = 60.0,
+) -> Server:
+    """Start ``nearline serve --port P --data-dir D *args``; wait for /api/health."""
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / f"serve-{port}.log"
+    cmd = [sys.executable, "-m", "nearline", "serve", "--port", str(port), "--data-dir", str(data_dir), *args]
+    if "--models" not in args:
+        cmd += ["--models", os.environ.get("NEARLINE_MODELS", str(ROOT / "models"))]
+    full_env = {**os.environ, **(env or {})}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=data_dir)
+    server = Server(f"http://127.0.0.1:{port}", proc, log, data_dir)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nearline serve exited with {proc.returncode}:\n{server.output()}")
+        try:
+            if httpx.get(f"{server.url}/api/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    stop_server(server)
+    raise RuntimeError(f"nearline serve did not become healthy in {ready_timeout} s:\n{server.output()}")
+
+
+def stop_server(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+
+
+@contextmanager
+def running_server(data_dir: Path, *args: str, **kw: object) -> Iterator[Server]:
+    server = start_server(data_dir, *args, **kw)  # type: ignore[arg-type]
+    try:
+        yield server
+    finally:
+        stop_server(server)

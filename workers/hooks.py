@@ -1,0 +1,114 @@
+"""Cross-cutting worker concerns as small hooks, each in one place.
+
+A hook sees a batch of :class:`Work` items before the pipeline runs and settles the ones that
+must not be computed (poison, expired, already ended) by giving them a result or a dead-letter
+reason; the worker computes only what is left. Metrics observe batches from the outside.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from nearline.brokers.base import Delivery
+from nearline.errors import DeadlineExceeded, PoisonMessage
+from nearline.jobs import JobStatus
+from nearline.messages import MessageError, RequestMessage, ResultMessage
+from nearline.store.base import StatusStore
+
+
+@dataclass
+class Work:
+    """One received request on its way through a batch.
+
+    ``result`` set: publish it, then complete the delivery. ``dead_letter`` set: dead-letter the
+    delivery (after publishing ``result`` if any). ``skip`` set: complete it without a result.
+    """
+
+    delivery: Delivery
+    message: RequestMessage | None = None
+    result: ResultMessage | None = None
+    dead_letter: str | None = None
+    skip: bool = False
+
+    @property
+    def settled(self) -> bool:
+        return self.result is not None or self.dead_letter is not None or self.skip
+
+
+class Hook(Protocol):
+    """Settles some of a batch's items before the pipeline runs."""
+
+    def before(self, batch: list[Work], worker: str) -> None: ...
+
+
+class Poison:
+    """Unparseable messages and ones delivered too often are dead-lettered, their jobs Failed."""
+
+    def __init__(self, max_deliveries: int) -> None:
+        self.max_deliveries = max_deliveries
+
+    def before(self, batch: list[Work], worker: str) -> None:
+        for w in batch:
+            try:
+                w.message = RequestMessage.from_json(w.delivery.body)
+            except MessageError as exc:
+                w.dead_letter = f"malformed request message: {exc.message}"
+                w.result = ResultMessage.failed(
+                    w.delivery.message_id, PoisonMessage.code, w.dead_letter, worker=worker
+                )
+                continue
+            if w.delivery.delivery_count > self.max_deliveries:
+                w.dead_letter = f"delivered {w.delivery.delivery_count - 1} times without being settled"
+                w.result = ResultMessage.failed(
+                    w.message.id, PoisonMessage.code, f"request {w.dead_letter}", worker=worker
+                )
+
+
+class Deadlines:
+    """A request past its deadline is not computed: its job ends DeadlineExceeded."""
+
+    def before(self, batch: list[Work], worker: str) -> None:
+        now = time.time()
+        for w in batch:
+            if not w.settled and w.message is not None and w.message.expired(now):
+                w.result = ResultMessage.failed(
+                    w.message.id,
+                    DeadlineExceeded.code,
+                    "the job's deadline passed before a worker could compute it",
+                    worker=worker,
+                    finished_at=now,
+                )
+
+
+class Liveness:
+    """Jobs already ended (terminated, or finished by an earlier delivery) are skipped; the
+    rest are marked Running. Needs the status store, so only where one is reachable."""
+
+    def __init__(self, store: StatusStore) -> None:
+        self.store = store
+
+    def before(self, batch: list[Work], worker: str) -> None:
+        live = [w for w in batch if not w.settled and w.message is not None]
+        statuses = self.store.statuses(w.message.id for w in live if w.message)
+        running = []
+        for w in live:
+            assert w.message is not None
+            status = statuses.get(w.message.id)
+            if status is not None and status.terminal:
+                w.skip = True
+            else:
+                running.append(w.message.id)
+        if running:
+            self.store.mark_running(running, time.time())
+
+
+def default_hooks(max_deliveries: int, store: StatusStore | None) -> list[Hook]:
+    hooks: list[Hook] = [Poison(max_deliveries), Deadlines()]
+    if store is not None:
+        hooks.append(Liveness(store))
+    return hooks
+
+
+__all__ = ["Deadlines", "Hook", "JobStatus", "Liveness", "Poison", "Work", "default_hooks"]

@@ -1,0 +1,191 @@
+"""The scoring worker: receive a micro-batch, settle what must not run, run the rest, publish.
+
+At-least-once: a request message is completed only after its result message is published, so
+a worker that dies at any point loses nothing (the lease expires, another worker gets it). A
+redelivered request may be computed twice; the lifecycle's compare-and-set keeps the first
+result, so no reader ever sees two.
+
+Receiving overlaps computing: a receiver thread collects the next batch while this one runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nearline.batching import collect, group_by
+from nearline.brokers.base import Broker, Delivery, LeaseLost
+from nearline.constants import LEASE_S, MAX_BATCH, MAX_DELIVERIES, MAX_WAIT_MS, REQUEST_QUEUE, RESPONSE_QUEUE
+from nearline.errors import NearlineError, StepError
+from nearline.messages import ResultMessage
+from nearline.store.base import StatusStore
+from workers.hooks import Hook, Work, default_hooks
+from workers.metrics import WorkerMetrics
+
+if TYPE_CHECKING:
+    from nearline.pipelines.runner import PipelineRunner
+
+log = logging.getLogger("nearline.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker batches and when it gives up on a message."""
+
+    max_batch: int = MAX_BATCH
+    max_wait_ms: float = MAX_WAIT_MS
+    lease_s: float = LEASE_S
+    max_deliveries: int = MAX_DELIVERIES
+    idle_wait_s: float = 0.5
+    request_queue: str = REQUEST_QUEUE
+    response_queue: str = RESPONSE_QUEUE
+
+
+class Worker:
+    """Pulls batches from ``broker`` and runs them through ``runner``.
+
+    Args:
+        broker: The request and response queues.
+        runner: Runs pipelines on batches (models loaded).
+        store: The status store, where reachable: lets the worker skip terminated jobs and
+            mark jobs Running. On Azure there is none (Durable holds job state).
+        config: Batching and delivery settings.
+        name: This worker's name in result messages.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        runner: PipelineRunner,
+        *,
+        store: StatusStore | None = None,
+        config: WorkerConfig | None = None,
+        name: str | None = None,
+        metrics: WorkerMetrics | None = None,
+        hooks: Sequence[Hook] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.runner = runner
+        self.config = config or WorkerConfig()
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
+        self.metrics = metrics or WorkerMetrics()
+        self.hooks = list(hooks) if hooks is not None else default_hooks(self.config.max_deliveries, store)
+        self.ready = threading.Event()
+
+    # -- loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set; then finish the batch in hand and give back the rest."""
+        batches: queue.Queue[list[Delivery]] = queue.Queue(maxsize=1)
+        receiver = threading.Thread(target=self._receive_loop, args=(stop, batches), daemon=True)
+        receiver.start()
+        self.ready.set()
+        while not (stop.is_set() and batches.empty() and not receiver.is_alive()):
+            try:
+                batch = batches.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if stop.is_set():
+                self._give_back(batch)
+                continue
+            self.process(batch)
+        receiver.join()
+        while not batches.empty():
+            self._give_back(batches.get_nowait())
+
+    def _receive_loop(self, stop: threading.Event, batches: queue.Queue[list[Delivery]]) -> None:
+        cfg = self.config
+        while not stop.is_set():
+            try:
+                batch = collect(
+                    lambda n, wait: self.broker.receive(cfg.request_queue, n, wait, cfg.lease_s),
+                    cfg.max_batch,
+                    cfg.max_wait_ms / 1000,
+                    cfg.idle_wait_s,
+                )
+            except NearlineError as exc:
+                log.warning("receive failed, retrying in 1 s: %s", exc)
+                stop.wait(1.0)
+                continue
+            if not batch:
+                continue
+            self.metrics.in_flight.inc(len(batch))
+            while True:
+                try:
+                    batches.put(batch, timeout=0.1)
+                    break
+                except queue.Full:
+                    if stop.is_set():
+                        self._give_back(batch)
+                        return
+
+    def _give_back(self, batch: list[Delivery]) -> None:
+        for d in batch:
+            with contextlib.suppress(LeaseLost):
+                self.broker.abandon(d)
+        self.metrics.in_flight.dec(len(batch))
+
+    # -- one batch ----------------------------------------------------------------------
+
+    def process(self, deliveries: list[Delivery]) -> None:
+        """Settle one batch: hooks first, then each pipeline once on its group, then publish."""
+        self.metrics.batch_size.observe(len(deliveries))
+        batch = [Work(d) for d in deliveries]
+        for hook in self.hooks:
+            hook.before(batch, self.name)
+        todo = [w for w in batch if not w.settled]
+        for pipeline, group in group_by(todo, lambda w: w.message.pipeline if w.message else "").items():
+            self._run_group(pipeline, group)
+        for w in batch:
+            self._settle(w)
+        self.metrics.in_flight.dec(len(deliveries))
+
+    def _run_group(self, pipeline: str, group: list[Work]) -> None:
+        started = time.time()
+        for w in group:
+            assert w.message is not None
+            self.metrics.queue_wait.observe(max(started - w.message.enqueued_at, 0.0))
+        try:
+            outcome = self.runner.run(pipeline, [w.message.input for w in group if w.message])
+            results: list[Any] = outcome.results
+            timings = outcome.timings
+        except NearlineError as exc:  # e.g. a pipeline this worker does not know
+            results, timings = [exc] * len(group), {}
+        except Exception as exc:  # a bug in a step must fail the jobs, not kill the worker
+            log.exception("pipeline %s raised", pipeline)
+            results, timings = [StepError(f"{type(exc).__name__}: {exc}")] * len(group), {}
+        finished = time.time()
+        for step, ms in timings.items():
+            self.metrics.step_latency.labels(pipeline, step).observe(ms / 1000)
+        for w, res in zip(group, results, strict=True):
+            assert w.message is not None
+            meta = {"worker": self.name, "started_at": started, "finished_at": finished, "timings": timings}
+            if isinstance(res, NearlineError):
+                w.result = ResultMessage.failed(w.message.id, res.code, res.message, **meta)
+            else:
+                w.result = ResultMessage.completed(w.message.id, res, **meta)
+
+    def _settle(self, w: Work) -> None:
+        """Publish first, then settle: the order that makes delivery at-least-once."""
+        try:
+            if w.result is not None:
+                self.broker.send(self.config.response_queue, w.result.to_json(), message_id=w.result.id)
+                pipeline = w.message.pipeline if w.message else "?"
+                self.metrics.results.labels(pipeline, w.result.status).inc()
+                if w.result.error:
+                    self.metrics.failures.labels(w.result.error["code"]).inc()
+            if w.dead_letter is not None:
+                self.broker.dead_letter(w.delivery, w.dead_letter)
+                self.metrics.dead_lettered.inc()
+            else:
+                self.broker.complete(w.delivery)
+        except LeaseLost:
+            log.warning("lease on %s lost before settling; another worker has it", w.delivery.message_id)
