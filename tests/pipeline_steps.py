@@ -1,0 +1,41 @@
+"""Pipeline steps for worker tests: ones that count calls, fail, crash, or take their time."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+#: Inputs each process has computed, in order (tests inspect it in-process).
+COMPUTED: list[Any] = []
+
+
+def record(items: list[Any]) -> list[Any]:
+    """Identity that remembers what it computed."""
+    COMPUTED.extend(items)
+    return [{"echo": item} for item in items]
+
+
+def picky(item: dict[str, Any]) -> dict[str, Any]:
+    """Fails an item whose ``bad`` is true with ValueError (the job fails InvalidInput)."""
+    if item.get("bad"):
+        raise ValueError("this item is bad")
+    return item
+
+
+def explode(item: Any) -> Any:
+    """A step with a bug in it."""
+    raise RuntimeError("kaboom")
+
+
+def crash(items: list[Any]) -> list[Any]:
+    """Kills the worker process when an item asks for it (poison); identity otherwise."""
+    if any(isinstance(i, dict) and i.get("crash") for i in items):
+        os._exit(1)
+    return items
+
+
+def slow(items: list[Any]) -> list[Any]:
+    """Sleeps ``sleep`` seconds (the first item's), then echoes: keeps a batch in flight."""
+    time.sleep(float(items[0].get("sleep", 0.5)) if items and isinstance(items[0], dict) else 0.5)
+    return items
