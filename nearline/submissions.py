@@ -68,11 +68,11 @@ def parse_submission(
         raise RequestError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise RequestError('request body must be a JSON object: {"input": ...}')
+    if "input" not in doc:
+        raise RequestError('request body: \'input\' is required: {"input": <pipeline input>}')
     unknown = sorted(set(doc) - _BODY_FIELDS)
     if unknown:
         raise RequestError(f"unknown field(s) in request body: {', '.join(unknown)}")
-    if "input" not in doc:
-        raise RequestError("request body: 'input' is required")
     spec.validate(doc["input"])
     return Submission(
         pipeline=pipeline,
