@@ -32,6 +32,11 @@ class _Message:
     lease_token: str = ""
 
 
+def _expired(m: _Message, now: float) -> bool:
+    """Past its TTL and not leased (a leased message stays with its receiver)."""
+    return m.expires_at is not None and m.expires_at <= now and m.visible_at <= now
+
+
 @dataclass
 class _Queue:
     messages: OrderedDict[str, _Message] = field(default_factory=OrderedDict)
@@ -64,8 +69,11 @@ class MemoryBroker(Broker):
         now = time.time()
         with self._cond:
             q = self._queue(queue)
-            if message_id in q.messages:
-                return
+            old = q.messages.get(message_id)
+            if old is not None:
+                if not _expired(old, now):
+                    return
+                del q.messages[message_id]  # expired: it must not swallow this send
             q.messages[message_id] = _Message(
                 message_id, body, lane, now, None if ttl_s is None else now + ttl_s, next(self._seq)
             )
@@ -85,13 +93,7 @@ class MemoryBroker(Broker):
                 self._cond.wait(min(remaining, 0.05 if self._queue(queue).messages else remaining))
 
     def _drop_expired(self, q: _Queue, now: float) -> None:
-        # Only unleased ones: a message whose TTL passes while it is leased stays with its
-        # receiver (which may still complete it) and is dropped if the lease ends unsettled.
-        expired = [
-            m.message_id
-            for m in q.messages.values()
-            if m.expires_at is not None and m.expires_at <= now and m.visible_at <= now
-        ]
+        expired = [m.message_id for m in q.messages.values() if _expired(m, now)]
         for mid in expired:
             del q.messages[mid]
 

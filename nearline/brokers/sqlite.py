@@ -1,0 +1,267 @@
+"""SQLite broker: ``sqlite:///relative/file.db`` or ``sqlite:////abs/file.db``.
+
+Guarantees: everything in :mod:`nearline.brokers.base`, for any number of processes and
+threads on one machine sharing the file (not over a network filesystem: SQLite's locks are not
+reliable there). A committed send or settle survives a process crash; see
+:mod:`nearline.sqlite_db` for what survives a power loss (``synchronous=normal`` by default).
+Messages are rows; a lease is ``visible_at`` in the future plus a ``lease_token``; receive leases
+a batch with one ``UPDATE ... RETURNING`` statement, which SQLite runs under its write lock, so
+two receivers (in any process) never lease the same message. Expired messages (``ttl_s``) are
+never delivered and are deleted in passing; one whose TTL passes while it is leased stays with
+its receiver until settled or its lease ends.
+
+URL options (see :mod:`nearline.sqlite_db`): ``poll_ms`` (longest pause between polls while a
+receive waits, default 10), ``busy_timeout_ms``, ``synchronous``. The broker and the status
+store share the file.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from nearline.brokers.base import Broker, DeadLetter, Delivery, LeaseLost
+from nearline.constants import DEFAULT_LANE, LANES, LEASE_S
+from nearline.sqlite_db import Database, parse_url
+
+_RANK = {lane: rank for rank, lane in enumerate(LANES)}
+
+#: First pause between polls of an empty queue; doubled up to the URL's ``poll_ms``.
+_POLL_MIN_S = 0.002
+#: Expired messages are deleted at most this often per queue and broker (receive skips them
+#: anyway, and depth does not count them, so this only bounds the table's garbage).
+_PURGE_EVERY_S = 1.0
+
+_LEASE = """
+UPDATE messages SET visible_at = ?, lease_token = ?, delivery_count = delivery_count + 1
+WHERE seq IN (
+    SELECT seq FROM messages
+    WHERE queue = ? AND visible_at <= ? AND (expires_at IS NULL OR expires_at > ?)
+    ORDER BY lane, seq LIMIT ?
+)
+RETURNING seq, message_id, body, lane, delivery_count, enqueued_at
+"""
+_READY = """
+SELECT 1 FROM messages
+WHERE queue = ? AND visible_at <= ? AND (expires_at IS NULL OR expires_at > ?) LIMIT 1
+"""
+_DEPTH = """
+SELECT (SELECT count(*) FROM messages WHERE queue = ?)
+     - (SELECT count(*) FROM messages WHERE queue = ? AND expires_at <= ? AND visible_at <= ?)
+"""
+_HELD = "queue = ? AND message_id = ? AND lease_token = ? AND visible_at > ?"
+_COMPLETE = f"DELETE FROM messages WHERE {_HELD}"
+_INSERT = """
+INSERT OR IGNORE INTO messages (queue, message_id, lane, body, enqueued_at, expires_at)
+VALUES (?, ?, ?, ?, ?, ?)
+"""
+# Expired and not leased: never to be delivered (a leased one stays with its receiver).
+_EXPIRED = "DELETE FROM messages WHERE queue = ? AND expires_at <= ? AND visible_at <= ?"
+_EXPIRED_ID = (
+    "DELETE FROM messages WHERE queue = ? AND message_id = ? AND expires_at <= ? AND visible_at <= ?"
+)
+
+
+class _Signal:
+    """Wakes this process's waiting receivers on a local send; ``generation`` counts sends."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.generation = 0
+
+    def notify(self) -> None:
+        with self.cond:
+            self.generation += 1
+            self.cond.notify_all()
+
+
+_signals: dict[Path, _Signal] = {}
+_signals_guard = threading.Lock()
+
+
+def _signal(path: Path) -> _Signal:
+    with _signals_guard:
+        return _signals.setdefault(path, _Signal())
+
+
+class SqliteBroker(Broker):
+    """Queues in a SQLite file; safe for several processes and threads."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        config = parse_url(url)
+        self._db = Database(config)
+        self._poll_max_s = max(config.poll_ms / 1000.0, _POLL_MIN_S)
+        # Shared by every broker on this file in this process (an embedded server's API and
+        # workers may each open their own), so a local send wakes a local receiver at once.
+        self._signal = _signal(self._db.path)
+        self._purged: dict[str, float] = {}
+
+    def send(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str,
+        lane: str = DEFAULT_LANE,
+        ttl_s: float | None = None,
+    ) -> None:
+        now = time.time()
+        [row] = _rows(queue, [(message_id, body)], lane, ttl_s, now)
+        count, _ = self._db.execute_write(_INSERT, row)  # one statement: the API's hot path
+        if count == 0:  # the id is taken; by an expired message, it must not swallow this send
+            with self._db.write() as conn:
+                conn.execute(_EXPIRED_ID, (queue, message_id, now, now))
+                conn.execute(_INSERT, row)
+        self._signal.notify()
+
+    def send_many(
+        self,
+        queue: str,
+        messages: Sequence[tuple[str, bytes]],
+        *,
+        lane: str = DEFAULT_LANE,
+        ttl_s: float | None = None,
+    ) -> None:
+        now = time.time()
+        rows = _rows(queue, messages, lane, ttl_s, now)
+        if not rows:
+            return
+        with self._db.write() as conn:
+            conn.execute("SAVEPOINT send")
+            if conn.executemany(_INSERT, rows).rowcount < len(rows):
+                # Some ids are taken: drop those taken by expired messages (as in send), then
+                # insert the whole batch again so that it keeps its order.
+                conn.execute("ROLLBACK TO send")
+                conn.executemany(_EXPIRED_ID, [(queue, row[1], now, now) for row in rows])
+                conn.executemany(_INSERT, rows)
+            conn.execute("RELEASE send")
+        self._signal.notify()
+
+    def receive(
+        self, queue: str, max_messages: int, wait_s: float, lease_s: float = LEASE_S
+    ) -> list[Delivery]:
+        if max_messages < 1:
+            return []
+        deadline = time.monotonic() + wait_s
+        pause = _POLL_MIN_S
+        self._drop_expired(queue)
+        while True:
+            generation = self._signal.generation
+            # A read first: an empty poll then never takes the write lock, which would make
+            # another process's send wait in SQLite's busy handler (it sleeps 1 ms or more).
+            if self._ready(queue):
+                got = self._lease(queue, max_messages, lease_s)
+                if got:
+                    return got
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            # SQLite cannot tell another process that a commit happened, so a receiver polls;
+            # the pause doubles from 2 ms up to poll_ms (see sqlite_db.POLL_MS) so that idle
+            # workers cost little. A send in this process ends the pause at once.
+            with self._signal.cond:
+                if self._signal.generation == generation:
+                    self._signal.cond.wait(min(pause, remaining))
+                woken = self._signal.generation != generation
+            pause = _POLL_MIN_S if woken else min(pause * 2, self._poll_max_s)
+
+    def _ready(self, queue: str) -> bool:
+        now = time.time()
+        return bool(self._db.query(_READY, (queue, now, now)))
+
+    def _drop_expired(self, queue: str) -> None:
+        now = time.time()
+        if now - self._purged.get(queue, 0.0) >= _PURGE_EVERY_S:
+            self._purged[queue] = now
+            self._db.execute_write(_EXPIRED, (queue, now, now))
+
+    def _lease(self, queue: str, max_messages: int, lease_s: float) -> list[Delivery]:
+        now = time.time()
+        token = uuid.uuid4().hex
+        _, rows = self._db.execute_write(_LEASE, (now + lease_s, token, queue, now, now, max_messages))
+        rows.sort(key=lambda r: (r[3], r[0]))  # RETURNING has no ORDER BY
+        return [
+            Delivery(queue, mid, body, LANES[lane], count, token, at)
+            for _, mid, body, lane, count, at in rows
+        ]
+
+    def complete(self, delivery: Delivery) -> None:
+        count, _ = self._db.execute_write(_COMPLETE, _held_args(delivery, time.time()))
+        if count != 1:
+            raise _lost(delivery)
+
+    def complete_many(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        lost = []
+        now = time.time()
+        with self._db.write() as conn:
+            for d in deliveries:
+                if conn.execute(_COMPLETE, _held_args(d, now)).rowcount != 1:
+                    lost.append(d)
+        return lost
+
+    def abandon(self, delivery: Delivery) -> None:
+        self._update_held(delivery, "visible_at = 0, lease_token = NULL")
+        self._signal.notify()
+
+    def renew(self, delivery: Delivery, lease_s: float = LEASE_S) -> None:
+        self._update_held(delivery, "visible_at = ?", time.time() + lease_s)
+
+    def _update_held(self, d: Delivery, assignments: str, *values: object) -> None:
+        args = (*values, *_held_args(d, time.time()))
+        count, _ = self._db.execute_write(f"UPDATE messages SET {assignments} WHERE {_HELD}", args)
+        if count != 1:
+            raise _lost(d)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        now = time.time()
+        with self._db.write() as conn:
+            rows = conn.execute(
+                f"DELETE FROM messages WHERE {_HELD} RETURNING body, delivery_count",
+                _held_args(delivery, now),
+            ).fetchall()
+            if not rows:
+                raise _lost(delivery)
+            [row] = rows
+            conn.execute(
+                "INSERT INTO dead_letters (queue, message_id, body, reason, delivery_count, dead_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (delivery.queue, delivery.message_id, row[0], reason, row[1], now),
+            )
+
+    def depth(self, queue: str) -> int:
+        now = time.time()
+        # Expired, unleased messages are gone as far as anyone can tell, deleted or not yet.
+        [(count,)] = self._db.query(_DEPTH, (queue, queue, now, now))
+        return int(count)
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        rows = self._db.query(
+            "SELECT message_id, body, reason, delivery_count FROM dead_letters"
+            " WHERE queue = ? ORDER BY id LIMIT ?",
+            (queue, limit),
+        )
+        return [DeadLetter(queue, mid, body, reason, count) for mid, body, reason, count in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _rows(
+    queue: str, messages: Sequence[tuple[str, bytes]], lane: str, ttl_s: float | None, now: float
+) -> list[tuple[str, str, int, bytes, float, float | None]]:
+    if lane not in _RANK:
+        raise ValueError(f"unknown lane {lane!r}; expected one of {LANES}")
+    expires = None if ttl_s is None else now + ttl_s
+    return [(queue, mid, _RANK[lane], bytes(body), now, expires) for mid, body in messages]
+
+
+def _held_args(d: Delivery, now: float) -> tuple[str, str, str, float]:
+    return (d.queue, d.message_id, d.lease_token, now)
+
+
+def _lost(d: Delivery) -> LeaseLost:
+    return LeaseLost(f"lease on message {d.message_id} in {d.queue} is no longer held")

@@ -1,0 +1,146 @@
+"""SQLite status store: job records in the broker's file (``sqlite:///nearline.db``).
+
+Guarantees: everything in :mod:`nearline.store.base`, for several processes sharing the file.
+Transitions are single ``UPDATE ... WHERE status IN (...)`` statements, so the compare-and-set
+holds across processes. :attr:`waiters` hears only the transitions made through this process's
+store; a long-poll served by another process than the one that finished the job falls back to
+re-reading the record. Durability is the file's (see :mod:`nearline.sqlite_db`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from nearline.jobs import JobRecord, JobStatus
+from nearline.sqlite_db import Database, parse_url
+from nearline.store.base import StatusStore
+
+#: Every JobRecord field is a column of ``jobs`` by the same name (a new field needs a
+#: migration in sqlite_db.py); these hold JSON text, NULL for None.
+_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
+_JSON = frozenset({"input", "output", "custom_status"})
+_COLUMNS = ", ".join(_FIELDS)
+_OPEN_SQL = ", ".join(f"'{s.value}'" for s in JobStatus if not s.terminal)
+_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in JobStatus if s.terminal)
+#: Ids per ``IN (...)`` list: far below SQLite's variable limit, large enough for any batch.
+_CHUNK = 500
+#: Records deleted per purge transaction (a few milliseconds of holding the write lock).
+_PURGE_CHUNK = 1000
+_INSERT = f"INSERT OR IGNORE INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})"
+_PURGE = f"""
+DELETE FROM jobs WHERE rowid IN (
+    SELECT rowid FROM jobs WHERE status IN ({_TERMINAL_SQL}) AND updated < ? LIMIT ?
+)
+"""
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _row(job: JobRecord) -> list[Any]:
+    values = {name: getattr(job, name) for name in _FIELDS}
+    values["status"] = job.status.value
+    return [_dump(v) if name in _JSON else v for name, v in values.items()]
+
+
+def _record(row: Sequence[Any]) -> JobRecord:
+    values = dict(zip(_FIELDS, row, strict=True))
+    for name in _JSON:
+        values[name] = None if values[name] is None else json.loads(values[name])
+    values["status"] = JobStatus(values["status"])
+    return JobRecord(**values)
+
+
+def _chunks(ids: Iterable[str]) -> Iterable[list[str]]:
+    batch: list[str] = []
+    for job_id in ids:
+        batch.append(job_id)
+        if len(batch) == _CHUNK:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class SqliteStore(StatusStore):
+    """Job records in the ``jobs`` table of the SQLite file."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self._db = Database(parse_url(url))
+
+    def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        while True:
+            count, _ = self._db.execute_write(_INSERT, _row(job))
+            if count == 1:
+                return job, True
+            existing = self.get(job.id)
+            if existing is not None:  # else purged between the two statements: insert again
+                return existing, False
+
+    def get(self, job_id: str) -> JobRecord | None:
+        rows = self._db.query(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _record(rows[0]) if rows else None
+
+    def mark_running(self, job_ids: Iterable[str], now: float) -> None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        with self._db.write() as conn:
+            for batch in _chunks(ids):
+                conn.execute(
+                    f"UPDATE jobs SET status = ?, updated = ? WHERE status = ? AND id IN ({_marks(batch)})",
+                    (JobStatus.RUNNING.value, now, JobStatus.PENDING.value, *batch),
+                )
+
+    def finish(self, job_id: str, status: JobStatus, output: Any, now: float) -> bool:
+        if not status.terminal:
+            raise ValueError(f"finish needs a terminal status, not {status.value}")
+        count, _ = self._db.execute_write(
+            f"UPDATE jobs SET status = ?, output = ?, updated = ? WHERE id = ? AND status IN ({_OPEN_SQL})",
+            (status.value, _dump(output), now, job_id),
+        )
+        if count != 1:
+            return False
+        self.waiters.notify(job_id)
+        return True
+
+    def delete(self, job_id: str) -> bool:
+        count, _ = self._db.execute_write("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return count == 1
+
+    def overdue(self, now: float, limit: int = 500) -> list[str]:
+        rows = self._db.query(
+            f"SELECT id FROM jobs WHERE status IN ({_OPEN_SQL}) AND deadline <= ? ORDER BY deadline LIMIT ?",
+            (now, limit),
+        )
+        return [job_id for (job_id,) in rows]
+
+    def purge_terminal(self, updated_before: float) -> int:
+        # In chunks, each its own transaction: a day's records deleted at once would hold the
+        # write lock for seconds, and every submit, settle and finish would wait behind it.
+        total = 0
+        while True:
+            count, _ = self._db.execute_write(_PURGE, (updated_before, _PURGE_CHUNK))
+            total += count
+            if count < _PURGE_CHUNK:
+                return total
+
+    def statuses(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+        out: dict[str, JobStatus] = {}
+        for batch in _chunks(job_ids):
+            rows = self._db.query(f"SELECT id, status FROM jobs WHERE id IN ({_marks(batch)})", batch)
+            out.update((job_id, JobStatus(status)) for job_id, status in rows)
+        return out
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _marks(batch: list[str]) -> str:
+    return ", ".join("?" * len(batch))
