@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serving import Server, running_server
 
 from nearline.jobs import JobRecord, status_document
-from serving import Server, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -167,7 +167,7 @@ def test_idempotent_resubmission_returns_the_same_job_and_enqueues_once(idle: Se
     [
         ("digits", b"{not json", 400, "not valid JSON"),
         ("digits", b'{"input": {"pixels": [1, 2, 3]}}', 400, "input.pixels"),
-        ("digits", b'{"input": {"pixels": [' + b"99," * 63 + b"99]}}", 400, "is greater than the maximum of 16"),
+        ("digits", b'{"input": {"pixels": [' + b"99," * 63 + b"99]}}", 400, "greater than the maximum"),
         ("topics", b'{"input": {"text": ""}}', 400, "input.text"),
         ("topics", b'{"input": {"text": "hi"}, "priority": "urgent"}', 400, "priority"),
         ("topics", b'{"input": {"text": "hi"}, "surprise": 1}', 400, "surprise"),

@@ -53,7 +53,7 @@ def test_a_result_message_completes_its_job_and_the_queue_drains(parts) -> None:
 
 
 def test_a_second_result_for_the_same_job_changes_nothing(parts) -> None:  # type: ignore[no-untyped-def]
-    broker, store, life = parts
+    _, store, life = parts
     store.create(_job("b"))
     assert life.apply(ResultMessage.completed("b", {"first": True}))
     assert not life.apply(ResultMessage.failed("b", "ModelError", "late duplicate"))
@@ -100,7 +100,7 @@ def test_callback_receives_the_status_document(parts) -> None:  # type: ignore[n
     done = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(204)
             self.end_headers()

@@ -8,9 +8,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pipeline_steps
 import pytest
 
-import pipeline_steps
 from nearline.brokers.memory import MemoryBroker
 from nearline.constants import REQUEST_QUEUE, RESPONSE_QUEUE
 from nearline.jobs import JobRecord, JobStatus

@@ -71,10 +71,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nearline.pipelines.runner import PipelineRunner
-
     from nearline.brokers import open_broker
     from nearline.models.repository import ModelRepository
+    from nearline.pipelines.runner import PipelineRunner
     from nearline.pipelines.spec import load_pipelines
     from nearline.store import open_store
     from workers.health import start_health_server

@@ -144,8 +144,7 @@ class Worker:
         todo = [w for w in batch if not w.settled]
         for pipeline, group in group_by(todo, lambda w: w.message.pipeline if w.message else "").items():
             self._run_group(pipeline, group)
-        for w in batch:
-            self._settle(w)
+        self._settle(batch)
         self.metrics.in_flight.dec(len(deliveries))
 
     def _run_group(self, pipeline: str, group: list[Work]) -> None:
@@ -173,19 +172,26 @@ class Worker:
             else:
                 w.result = ResultMessage.completed(w.message.id, res, **meta)
 
-    def _settle(self, w: Work) -> None:
-        """Publish first, then settle: the order that makes delivery at-least-once."""
-        try:
+    def _settle(self, batch: list[Work]) -> None:
+        """Publish every result first, then settle: the order that makes delivery at-least-once.
+
+        Results go out in one ``send_many`` and completions in one ``complete_many``: one round
+        trip each per batch instead of one per message.
+        """
+        results = [w.result for w in batch if w.result is not None]
+        self.broker.send_many(self.config.response_queue, [(r.id, r.to_json()) for r in results])
+        for w in batch:
             if w.result is not None:
-                self.broker.send(self.config.response_queue, w.result.to_json(), message_id=w.result.id)
-                pipeline = w.message.pipeline if w.message else "?"
-                self.metrics.results.labels(pipeline, w.result.status).inc()
+                self.metrics.results.labels(w.message.pipeline if w.message else "?", w.result.status).inc()
                 if w.result.error:
                     self.metrics.failures.labels(w.result.error["code"]).inc()
+        for w in batch:
             if w.dead_letter is not None:
-                self.broker.dead_letter(w.delivery, w.dead_letter)
-                self.metrics.dead_lettered.inc()
-            else:
-                self.broker.complete(w.delivery)
-        except LeaseLost:
-            log.warning("lease on %s lost before settling; another worker has it", w.delivery.message_id)
+                try:
+                    self.broker.dead_letter(w.delivery, w.dead_letter)
+                    self.metrics.dead_lettered.inc()
+                except LeaseLost:
+                    log.warning("lease on %s lost before dead-lettering", w.delivery.message_id)
+        lost = self.broker.complete_many([w.delivery for w in batch if w.dead_letter is None])
+        for d in lost:
+            log.warning("lease on %s lost before completing; another worker has it", d.message_id)
