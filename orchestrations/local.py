@@ -12,6 +12,7 @@ Every API replica may run one; on Redis their result consumers share one consume
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -77,16 +78,18 @@ class Lifecycle:
                 log.warning("receiving results failed, retrying: %s", exc)
                 self._stop.wait(1.0)
                 continue
+            done = []
             for d in deliveries:
                 try:
                     self.apply(ResultMessage.from_json(d.body))
-                    self.broker.complete(d)
+                    done.append(d)
                 except MessageError as exc:
                     # A result that does not parse will not parse on retry either.
                     log.error("dead-lettering malformed result %s: %s", d.message_id, exc.message)
-                    self.broker.dead_letter(d, f"malformed result message: {exc.message}")
-                except LeaseLost:
-                    log.warning("lease on result %s lost; another replica has it", d.message_id)
+                    with contextlib.suppress(LeaseLost):
+                        self.broker.dead_letter(d, f"malformed result message: {exc.message}")
+            for d in self.broker.complete_many(done):
+                log.warning("lease on result %s lost; another replica has it", d.message_id)
 
     def apply(self, result: ResultMessage) -> bool:
         """End a job from its result message; False if it had already ended (kept as it was)."""
