@@ -13,6 +13,7 @@ the contract fails fast instead of hanging.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -49,10 +50,28 @@ def _redis(tmp_path: Path) -> Broker:
     return RedisBroker(url)
 
 
+def _servicebus(tmp_path: Path) -> Broker:
+    # Live only: no Service Bus is reachable from CI or these machines (DESIGN §8), so a missing
+    # namespace is a skip even under CI=true, reported as such. Throwaway queues, created with
+    # duplicate detection, are deleted by Service Bus after 5 idle minutes.
+    from nearline.brokers.servicebus import ServiceBusBroker
+
+    namespace = os.environ.get("NEARLINE_SERVICEBUS_NAMESPACE")
+    url = os.environ.get("NEARLINE_SERVICEBUS_CONNECTION") or (
+        f"servicebus://{namespace}" if namespace else ""
+    )
+    if not url:
+        pytest.skip(
+            "no Service Bus namespace: set NEARLINE_SERVICEBUS_NAMESPACE or NEARLINE_SERVICEBUS_CONNECTION"
+        )
+    return ServiceBusBroker(url, create_queues=True, idle_delete_s=300)
+
+
 BROKERS = [
     pytest.param(_memory, id="memory"),
     pytest.param(_sqlite, id="sqlite"),
     pytest.param(_redis, id="redis", marks=pytest.mark.redis),
+    pytest.param(_servicebus, id="servicebus", marks=pytest.mark.slow),
 ]
 
 

@@ -1,0 +1,166 @@
+"""What the Azure modules share: function names, the failure encoding, Durable status → document.
+
+Nothing here imports ``azure``: the functions below work on the attributes of
+``azure.durable_functions.DurableOrchestrationStatus`` and are tested without a Functions host.
+
+Failure encoding: an orchestrator fails by raising :class:`OrchestrationFailure`, whose ``str()``
+is the JSON ``{"code": ..., "message": ...}``. Durable stores a failed instance's output as
+``"Orchestrator function 'score_job' failed: <that str>"``; :func:`parse_failure` finds the JSON
+in it again, so a Failed job's ``output`` is ``{"error": {"code", "message"}}`` as on every
+other profile.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from nearline.errors import JobFailure, NearlineError
+from nearline.jobs import JobRecord, JobStatus, error_output, status_document
+
+#: Durable function names. Durable addresses orchestrators and activities by function name,
+#: so these must equal the Python function names in ``orchestrations/scoring.py``.
+SCORING_ORCHESTRATOR = "score_job"
+ENQUEUE_ACTIVITY = "enqueue"
+#: The external event the response-queue function raises on a job's instance.
+RESULT_EVENT = "ScoreCompleted"
+#: App setting (or setting prefix, for identity: ``ServiceBusConnection__fullyQualifiedNamespace``)
+#: that the Service Bus trigger and the enqueue activity both connect with.
+SERVICE_BUS_CONNECTION = "ServiceBusConnection"
+
+# Durable's runtimeStatus → ours. ContinuedAsNew is transient (we never continue-as-new) and a
+# suspended instance has not ended; Canceled is the legacy name of Terminated.
+_STATUS = {
+    "Pending": JobStatus.PENDING,
+    "Running": JobStatus.RUNNING,
+    "ContinuedAsNew": JobStatus.RUNNING,
+    "Suspended": JobStatus.RUNNING,
+    "Completed": JobStatus.COMPLETED,
+    "Failed": JobStatus.FAILED,
+    "Terminated": JobStatus.TERMINATED,
+    "Canceled": JobStatus.TERMINATED,
+}
+
+
+class DurableClient(Protocol):
+    """The part of ``DurableOrchestrationClient`` the Azure functions use."""
+
+    async def start_new(
+        self, orchestration_function_name: str, instance_id: str | None = None, client_input: Any = None
+    ) -> str: ...
+
+    async def get_status(
+        self,
+        instance_id: str,
+        show_history: bool = False,
+        show_history_output: bool = False,
+        show_input: bool = False,
+    ) -> Any: ...
+
+    async def terminate(self, instance_id: str, reason: str) -> None: ...
+
+    async def purge_instance_history(self, instance_id: str) -> Any: ...
+
+    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None: ...
+
+
+class OrchestrationFailure(JobFailure):
+    """Ends a job ``Failed`` with ``code``; ``str()`` is the JSON that :func:`parse_failure` reads."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __str__(self) -> str:
+        return json.dumps({"code": self.code, "message": self.message})
+
+
+def parse_failure(output: Any) -> tuple[str, str]:
+    """``(code, message)`` of a Failed instance's Durable output.
+
+    Finds the first JSON object with a string ``code`` in the text; anything else (an
+    orchestrator that crashed outside our encoding) is reported as ``InternalError`` with the
+    text as its message.
+    """
+    if isinstance(output, dict):
+        error = output.get("error")
+        if isinstance(error, dict) and isinstance(error.get("code"), str):
+            return error["code"], str(error.get("message", ""))
+        # Newer extension versions may report FailureDetails ({"ErrorType", "ErrorMessage"}).
+        output = output.get("ErrorMessage") or output.get("errorMessage") or json.dumps(output)
+    text = "" if output is None else str(output)
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            found, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            found = None
+        if isinstance(found, dict) and isinstance(found.get("code"), str):
+            return found["code"], str(found.get("message", ""))
+        start = text.find("{", start + 1)
+    return NearlineError.code, text or "the orchestration failed without a message"
+
+
+def job_status(runtime_status: Any) -> JobStatus:
+    """Our status for Durable's ``runtimeStatus`` (an enum member, its value, or None)."""
+    value = getattr(runtime_status, "value", runtime_status)
+    return _STATUS.get(str(value), JobStatus.PENDING) if value is not None else JobStatus.PENDING
+
+
+def is_terminal(status: Any) -> bool:
+    """True when a Durable status object describes an instance that has ended."""
+    return bool(status) and job_status(status.runtime_status).terminal
+
+
+def orchestrator_input(job: JobRecord) -> dict[str, Any]:
+    """The scoring orchestrator's input: the job fields the orchestration and status need."""
+    return {
+        "job": {
+            "id": job.id,
+            "pipeline": job.pipeline,
+            "input": job.input,
+            "deadline": job.deadline,
+            "priority": job.priority,
+        }
+    }
+
+
+def job_record(status: Any) -> JobRecord:
+    """A Durable status (fetched with ``show_input=True``) as the job record it stands for."""
+    raw = status.input_
+    if isinstance(raw, str):  # the extension may hand the input back still JSON-encoded
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raw = None
+    job = raw.get("job") if isinstance(raw, dict) else None
+    job = job if isinstance(job, dict) else {}
+    state = job_status(status.runtime_status)
+    output = status.output
+    if state is JobStatus.FAILED:
+        output = error_output(*parse_failure(output))
+    return JobRecord(
+        id=str(status.instance_id),
+        pipeline=str(job.get("pipeline", "")),
+        input=job.get("input"),
+        status=state,
+        output=output,
+        custom_status=status.custom_status,
+        created=_epoch(status.created_time),
+        updated=_epoch(status.last_updated_time or status.created_time),
+    )
+
+
+def job_document(status: Any) -> dict[str, Any]:
+    """The status document (DESIGN §2) of a Durable status: rendered by the one renderer."""
+    return status_document(job_record(status))
+
+
+def _epoch(when: datetime | None) -> float:
+    if when is None:
+        return 0.0
+    if when.tzinfo is None:  # Durable's times are UTC; a naive one is UTC too
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
