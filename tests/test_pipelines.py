@@ -1,0 +1,207 @@
+"""pipelines.yaml: loading, the errors a bad file gives, and input validation messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nearline.errors import ConfigError, InvalidInput, UnknownPipeline
+from nearline.pipelines.spec import Catalog, FunctionStep, ModelStep, load_pipelines
+
+STEPS = """
+        - {name: pre, function: "nearline.examples.digits:preprocess"}
+        - {name: classify, model: digits, version: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def catalog(pipelines_file: Path) -> Catalog:
+    return load_pipelines(pipelines_file)
+
+
+def test_example_pipelines_load(catalog: Catalog) -> None:
+    assert catalog.names() == ["digits", "topics", "identity"]
+    assert len(catalog) == 3
+    assert [p.name for p in catalog] == catalog.names()
+    assert "topics" in catalog
+    topics = catalog.get("topics")
+    assert topics.deployment.name == "v1"
+    assert [type(s) for s in topics.deployment.steps] == [FunctionStep, ModelStep, ModelStep, FunctionStep]
+    tokenize, embed = topics.deployment.steps[:2]
+    assert isinstance(tokenize, FunctionStep) and tokenize.factory and tokenize.batch
+    assert isinstance(embed, ModelStep)
+    assert (embed.model, embed.version, embed.backend) == ("minilm", 1, "torch")
+    assert embed.inputs == {"INPUT__0": "input_ids", "INPUT__1": "attention_mask"}
+    assert topics.input_schema["required"] == ["text"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        topics.name = "other"  # type: ignore[misc]
+
+
+def test_unknown_pipeline_names_it(catalog: Catalog) -> None:
+    with pytest.raises(UnknownPipeline, match="'nope'"):
+        catalog.get("nope")
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "value"),
+    [
+        ("digits", {"pixels": [0] * 64}),
+        ("digits", {"pixels": [16.0, 0.5, *([3] * 62)]}),
+        ("topics", {"text": "x"}),
+        ("topics", {"text": "y" * 2000}),
+        ("identity", {"anything": [1, {"goes": None}]}),
+        ("identity", {}),
+    ],
+)
+def test_valid_inputs_pass(catalog: Catalog, pipeline: str, value: Any) -> None:
+    catalog.get(pipeline).validate(value)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "value", "message"),
+    [
+        ("digits", {"pixels": [1] * 63}, r"^input\.pixels: \[1, 1, 1, 1, 1, 1, \.\.\.\] is too short$"),
+        ("digits", {"pixels": [1] * 65}, r"^input\.pixels: .* is too long$"),
+        (
+            "digits",
+            {"pixels": [1, 2, 3, 17, *([0] * 60)]},
+            r"^input\.pixels\[3\]: 17 is greater than the maximum of 16$",
+        ),
+        ("digits", {"pixels": [1, "a", *([0] * 62)]}, r"^input\.pixels\[1\]: 'a' is not of type 'number'$"),
+        ("digits", {"pixels": [0] * 64, "extra": 1}, r"^input: Additional properties are not allowed"),
+        ("digits", {}, r"^input: 'pixels' is a required property$"),
+        ("topics", {"text": ""}, r"^input\.text: '' should be non-empty$"),
+        ("topics", {"text": "z" * 2001}, r"^input\.text: 'zzzzz.* is too long$"),
+        ("topics", ["text"], r"^input: \['text'\] is not of type 'object'$"),
+        ("identity", 3, r"^input: 3 is not of type 'object'$"),
+    ],
+)
+def test_invalid_input_message_names_the_field(
+    catalog: Catalog, pipeline: str, value: Any, message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message) as err:
+        catalog.get(pipeline).validate(value)
+    assert len(err.value.message) <= 300
+
+
+def _load(tmp_path: Path, text: str) -> Catalog:
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(textwrap.dedent(text))
+    return load_pipelines(path)
+
+
+def _pipeline(steps: str = STEPS, deployment: str = "name: v1", extra: str = "") -> str:
+    return f"""
+pipelines:
+  digits:
+    description: test
+    input_schema: {{type: object}}{extra}
+    deployment:
+      {deployment}
+      steps:{steps}"""
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        (
+            _pipeline(STEPS.replace("model: digits, ", "")),
+            "pipeline 'digits': step 2 (classify)",
+            "'model' is required",
+        ),
+        (
+            _pipeline(STEPS.replace("version: 1", "version: 0")),
+            "step 2 (classify)",
+            "'version' must be a positive",
+        ),
+        (
+            _pipeline(STEPS.replace("version: 1", "version: 1, backend: onnx")),
+            "step 2 (classify)",
+            "'backend' must be",
+        ),
+        (
+            _pipeline(STEPS.replace("version: 1", "version: 1, batch: true")),
+            "step 2 (classify)",
+            "unknown field 'batch'",
+        ),
+        (
+            _pipeline(STEPS.replace("version: 1", "version: 1, inputs: [x]")),
+            "step 2 (classify)",
+            "'inputs' must map",
+        ),
+        (
+            _pipeline(STEPS.replace('"nearline.examples.digits:preprocess"', "preprocess")),
+            "step 1 (pre)",
+            "'function'",
+        ),
+        (
+            _pipeline(STEPS.replace('function: "', 'batch: 1, function: "')),
+            "step 1 (pre)",
+            "'batch' must be true",
+        ),
+        (_pipeline(STEPS.replace("name: pre, ", "")), "pipeline 'digits': step 1", "'name' is required"),
+        (_pipeline(STEPS.replace("name: classify", "name: pre")), "step 2 (pre)", "used by an earlier step"),
+        (
+            _pipeline(STEPS.replace("{name: classify, model: digits, version: 1}", "{name: x}")),
+            "step 2 (x)",
+            "one of",
+        ),
+        (_pipeline(STEPS.replace('function: "', 'factory: "a:b", function: "')), "step 1 (pre)", "not both"),
+        (_pipeline("\n        - just a string"), "pipeline 'digits': step 1", "must be a mapping"),
+        (_pipeline(" []"), "pipeline 'digits': deployment", "'steps' must be a non-empty list"),
+        (_pipeline(deployment="nme: v1"), "pipeline 'digits': deployment", "unknown field 'nme'"),
+        (_pipeline(extra="\n    colour: red"), "pipeline 'digits'", "unknown field 'colour'"),
+        (
+            _pipeline().replace("input_schema: {type: object}", "input_schema: {type: 12}"),
+            "pipeline 'digits'",
+            "'input_schema' is not a valid JSON Schema",
+        ),
+        (
+            _pipeline().replace("    input_schema: {type: object}\n", ""),
+            "pipeline 'digits'",
+            "'input_schema' is required",
+        ),
+        (_pipeline().replace("  digits:", "  Digits!:"), "pipeline 'Digits!'", "the name must match"),
+        ("pipelines: {}", "pipelines.yaml", "non-empty mapping"),
+        ("pipeline: {digits: {}}", "pipelines.yaml", "top-level key 'pipelines'"),
+        ("pipelines: [a", "pipelines.yaml", "not valid YAML"),
+        (_pipeline() + _pipeline().replace("pipelines:", ""), "pipelines.yaml", "duplicate key 'digits'"),
+    ],
+)
+def test_bad_file_names_file_pipeline_and_field(tmp_path: Path, text: str, where: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, text)
+    assert err.value.message.startswith(str(tmp_path / "pipelines.yaml") + ":")
+    assert where in err.value.message
+    assert message in err.value.message
+
+
+def test_missing_model_example_message(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, _pipeline(STEPS.replace("model: digits, ", "")))
+    assert (
+        err.value.message
+        == f"{tmp_path / 'pipelines.yaml'}: pipeline 'digits': step 2 (classify): 'model' is required"
+    )
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"absent\.yaml: cannot read pipelines file"):
+        load_pipelines(tmp_path / "absent.yaml")
+
+
+def test_spec_is_light() -> None:
+    """API replicas and Azure Functions import the spec: it must not pull in torch or numpy."""
+    code = (
+        "import sys; from nearline.pipelines.spec import load_pipelines; "
+        "from nearline.examples import PIPELINES_FILE; load_pipelines(PIPELINES_FILE); "
+        "heavy = {'torch', 'numpy', 'tokenizers', 'tritonclient'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
