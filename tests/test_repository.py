@@ -43,7 +43,7 @@ def test_every_built_config_is_one_triton_pytorch_backend_accepts(repo: ModelRep
     assert config.max_batch_size >= 32
     assert config.HasField("dynamic_batching")
     assert 0 < config.dynamic_batching.max_queue_delay_microseconds <= 1000
-    assert [g.kind for g in config.instance_group] == [pb.ModelInstanceGroup.KIND_CPU]
+    assert [g.kind for g in config.instance_group] == [pb.ModelInstanceGroup.KIND_AUTO]
     assert [t.name for t in config.input] == [f"INPUT__{i}" for i in range(len(config.input))]
     assert [t.name for t in config.output] == [f"OUTPUT__{i}" for i in range(len(config.output))]
     for tensor in (*config.input, *config.output):

@@ -223,7 +223,8 @@ def model_config(
     for i, (dtype, dims) in enumerate(outputs):
         config.output.add(name=f"OUTPUT__{i}", data_type=dtype, dims=dims)
     config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
-    config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=1)  # KIND_GPU in production
+    # KIND_AUTO: on the GPU when Triton sees one, else on the CPU (so one repository serves both).
+    config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_AUTO, count=1)
     config.parameters["INFERENCE_MODE"].string_value = "true"
     return config
 
