@@ -117,7 +117,9 @@ def serve(cfg: ServeConfig) -> int:
 
 
 def default_pipelines() -> Path:
-    return Path(__file__).resolve().parent / "examples" / "pipelines.yaml"
+    from nearline.examples import PIPELINES_FILE
+
+    return PIPELINES_FILE
 
 
 class WorkerPool:

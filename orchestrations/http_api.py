@@ -22,17 +22,16 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import azure.durable_functions as df
 import azure.functions as func
 
-import nearline
 from nearline import __version__
 from nearline.constants import ENV_PIPELINES, RETRY_AFTER_S
 from nearline.errors import BrokerError, JobGone, JobNotFound, NearlineError, Overloaded
+from nearline.examples import PIPELINES_FILE
 from nearline.jobs import JobRecord
 from nearline.pipelines.spec import Catalog, load_pipelines
 from nearline.submissions import job_id_for, new_job, parse_submission, parse_wait
@@ -53,7 +52,6 @@ bp = df.Blueprint()
 #: extra latency under a quarter second.
 POLL_FIRST_S = 0.05
 POLL_MAX_S = 0.25
-DEFAULT_PIPELINES = Path(nearline.__file__).resolve().parent / "examples" / "pipelines.yaml"
 
 Handler = Callable[..., Awaitable[func.HttpResponse]]
 #: The catalog, loaded when a handler asks for it (inside its error handling).
@@ -67,7 +65,7 @@ def catalog() -> Catalog:
     global _catalog
     with _catalog_lock:
         if _catalog is None:
-            _catalog = load_pipelines(os.environ.get(ENV_PIPELINES) or DEFAULT_PIPELINES)
+            _catalog = load_pipelines(os.environ.get(ENV_PIPELINES) or PIPELINES_FILE)
         return _catalog
 
 
@@ -210,10 +208,7 @@ async def purge(req: func.HttpRequest, client: DurableClient) -> func.HttpRespon
 @_errors
 async def list_pipelines(req: func.HttpRequest, pipelines: Pipelines) -> func.HttpResponse:
     """``GET /api/pipelines``: names, descriptions and input JSON Schemas."""
-    entries = [
-        {"name": p.name, "description": p.description, "inputSchema": p.input_schema} for p in pipelines()
-    ]
-    return _json({"pipelines": entries})
+    return _json(pipelines().document())
 
 
 @_errors

@@ -17,10 +17,9 @@ from typing import Any
 
 from nearline import constants as c
 from nearline.errors import ConfigError, NearlineError
+from nearline.examples import PIPELINES_FILE
 
 log = logging.getLogger("nearline.worker")
-
-DEFAULT_PIPELINES = Path(__file__).resolve().parent.parent / "nearline" / "examples" / "pipelines.yaml"
 
 
 def _env(name: str, default: Any) -> Any:
@@ -31,9 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workers", description="Run a nearline scoring worker.")
     p.add_argument("--broker", default=_env(c.ENV_BROKER, None), help=f"broker URL (env {c.ENV_BROKER})")
     p.add_argument("--models", default=_env(c.ENV_MODELS, "models"), help="model repository directory")
-    p.add_argument(
-        "--pipelines", default=_env(c.ENV_PIPELINES, str(DEFAULT_PIPELINES)), help="pipelines.yaml"
-    )
+    p.add_argument("--pipelines", default=_env(c.ENV_PIPELINES, str(PIPELINES_FILE)), help="pipelines.yaml")
     p.add_argument("--max-batch", type=int, default=int(_env(c.ENV_MAX_BATCH, c.MAX_BATCH)))
     p.add_argument("--max-wait-ms", type=float, default=float(_env(c.ENV_MAX_WAIT_MS, c.MAX_WAIT_MS)))
     p.add_argument("--lease-s", type=float, default=float(_env(c.ENV_LEASE_S, c.LEASE_S)))

@@ -124,14 +124,7 @@ class _Routes:
         return JSONResponse({"instancesDeleted": 1}, 200)
 
     async def pipelines(self, request: Request) -> Response:
-        return JSONResponse(
-            {
-                "pipelines": [
-                    {"name": p.name, "description": p.description, "inputSchema": p.input_schema}
-                    for p in self.service.catalog
-                ]
-            }
-        )
+        return JSONResponse(self.service.catalog.document())
 
     async def health(self, request: Request) -> Response:
         depth = await asyncio.to_thread(self.service.broker.depth, REQUEST_QUEUE)

@@ -166,6 +166,14 @@ class Catalog:
     def __iter__(self) -> Iterator[Pipeline]:
         return iter(self._pipelines.values())
 
+    def document(self) -> dict[str, Any]:
+        """``GET /api/pipelines``: every pipeline's name, description and input JSON Schema."""
+        return {
+            "pipelines": [
+                {"name": p.name, "description": p.description, "inputSchema": p.input_schema} for p in self
+            ]
+        }
+
     def __len__(self) -> int:
         return len(self._pipelines)
 
