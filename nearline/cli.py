@@ -119,13 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     msub = m.add_subparsers(dest="models_command", required=True)
     b = msub.add_parser("build", help="build the example model repository", add_help=False)
     b.set_defaults(func=None)
+    t = sub.add_parser("triton", help="a local Triton Inference Server for the model repository")
+    tsub = t.add_subparsers(dest="triton_command", required=True)
+    tsub.add_parser("serve", help="serve the model repository with Triton (via pytriton)", add_help=False)
     _add_client(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # `worker` and `models build` own their flags: hand the rest of the line to them.
+    # `worker`, `models build` and `triton serve` own their flags: hand the rest of the line to them.
     if argv[:1] == ["worker"]:
         from workers.cli import main as worker_main
 
@@ -134,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         from nearline.models.build import main as build_main
 
         return build_main(argv[2:])
+    if argv[:2] == ["triton", "serve"]:
+        from nearline.triton.server import main as triton_main
+
+        return triton_main(argv[2:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

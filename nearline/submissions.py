@@ -69,7 +69,7 @@ def parse_submission(
     if not isinstance(doc, dict):
         raise RequestError('request body must be a JSON object: {"input": ...}')
     if "input" not in doc:
-        raise RequestError('request body: \'input\' is required: {"input": <pipeline input>}')
+        raise RequestError("request body: 'input' is required: {\"input\": <pipeline input>}")
     unknown = sorted(set(doc) - _BODY_FIELDS)
     if unknown:
         raise RequestError(f"unknown field(s) in request body: {', '.join(unknown)}")

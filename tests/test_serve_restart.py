@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from serving import running_server, start_server, stop_server
 
 pytestmark = pytest.mark.slow
