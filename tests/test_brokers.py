@@ -46,7 +46,8 @@ def _redis(tmp_path: Path) -> Broker:
     from nearline.brokers.redis_streams import RedisBroker
 
     url = f"redis://127.0.0.1:6379/{REDIS_DB}"
-    redis.Redis.from_url(url).flushdb()
+    with redis.Redis.from_url(url) as r:
+        r.flushdb()
     return RedisBroker(url)
 
 

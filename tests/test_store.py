@@ -44,7 +44,8 @@ def _redis(tmp_path: Path) -> StatusStore:
     from nearline.store.redis_hashes import RedisStore
 
     url = f"redis://127.0.0.1:6379/{REDIS_DB}"
-    redis.Redis.from_url(url).flushdb()
+    with redis.Redis.from_url(url) as r:
+        r.flushdb()
     return RedisStore(url)
 
 

@@ -1,0 +1,205 @@
+"""The Lua scripts behind :mod:`nearline.brokers.redis_streams`, one per broker operation.
+
+Each script runs atomically on the server, so a check and the change it guards (is this id
+queued? is this lease still held?) can never be split by another client, and each operation is
+one round trip. Times come from the server's clock (``TIME``), so leases and TTLs do not depend
+on the clocks of the hosts that run workers and API replicas.
+
+A queue's keys share the prefix ``<queue>``: lane streams ``<queue>:<lane>``, the dead-letter
+stream ``<queue>:dead``, ``<queue>:msg:<message id>`` (the id's entry, for idempotent sends),
+``<queue>:blob:<message id>`` (claim-checked bodies) and ``<queue>:expiry`` (a sorted set of
+messages with a TTL, scored by expiry in ms). Scripts derive the per-message keys from the
+prefix, so they need a single Redis primary (not Redis Cluster).
+
+A lease is the pending-list entry's idle clock (see the broker's docstring): leasing for L ms
+sets the idle time to ``horizon - L``, so the entry becomes claimable by ``XAUTOCLAIM
+min-idle-time=horizon`` exactly L ms later; an idle time at or past the horizon is an expired
+(or given back) lease.
+"""
+
+from __future__ import annotations
+
+_PRELUDE = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function fields_of(flat)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  return f
+end
+
+-- Remove one message for good: its entry, its pending slot, its id key, TTL slot and blob.
+local function drop(prefix, group, lane, entry, mid)
+  local stream = prefix .. ':' .. lane
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+  redis.call('DEL', prefix .. ':msg:' .. mid, prefix .. ':blob:' .. mid)
+  redis.call('ZREM', prefix .. ':expiry', lane .. '|' .. entry .. '|' .. mid)
+end
+"""
+
+#: KEYS: lane stream, id key, expiry zset, blob key.
+#: ARGV: message id, lane, body, "1" to store the body as a blob, TTL ms or "", blob TTL ms.
+#: Returns 1 when enqueued, 0 when a message with that id is still queued or leased.
+SEND = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local fields = {'id', ARGV[1]}
+local exp = nil
+if ARGV[5] ~= '' then
+  exp = string.format('%.0f', now_ms() + tonumber(ARGV[5]))
+  table.insert(fields, 'exp'); table.insert(fields, exp)
+end
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[6])
+  table.insert(fields, 'blob'); table.insert(fields, '1')
+else
+  table.insert(fields, 'body'); table.insert(fields, ARGV[3])
+end
+local entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
+redis.call('SET', KEYS[2], entry)
+if exp then redis.call('ZADD', KEYS[3], exp, ARGV[2] .. '|' .. entry .. '|' .. ARGV[1]) end
+return 1
+"""
+
+#: KEYS: the lane streams, highest lane first. ARGV: group, consumer, max messages, lease ms,
+#: horizon ms, queue prefix, then per lane its name and XAUTOCLAIM cursor.
+#: Returns {cursors, deliveries, last ids, length}; a delivery is {lane index, entry id,
+#: delivery count, message id, body, "1" if the body is a blob}. Last ids and length (entries
+#: waiting or leased) only when nothing was delivered: the caller blocks on them.
+RECEIVE = """
+local group, consumer, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local horizon, prefix = tonumber(ARGV[5]), ARGV[6]
+local idle = tostring(horizon - tonumber(ARGV[4]))
+local now = now_ms()
+local out, cursors = {}, {}
+
+-- Lease what was read: drop expired entries, set the rest's idle clock to the lease.
+local function take(i, lane, entries, counts)
+  -- XCLAIM key group consumer 0 <ids...> IDLE <ms> JUSTID (unpack must come last in Lua)
+  local ids = {KEYS[i], group, consumer, 0}
+  for j, e in ipairs(entries) do
+    local f = fields_of(e[2])
+    local mid = f['id'] or e[1]
+    if f['exp'] and tonumber(f['exp']) <= now then
+      drop(prefix, group, lane, e[1], mid)
+    else
+      table.insert(ids, e[1])
+      table.insert(out, {i, e[1], counts[j], mid, f['body'] or '', f['blob'] or '0'})
+    end
+  end
+  if #ids > 4 then
+    table.insert(ids, 'IDLE'); table.insert(ids, idle); table.insert(ids, 'JUSTID')
+    redis.call('XCLAIM', unpack(ids))
+  end
+end
+
+for i = 1, #KEYS do
+  local lane, cursor = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  -- Expired leases (dead consumers, given-back messages) first: they are the oldest.
+  if #out < n then
+    local r = redis.call('XAUTOCLAIM', KEYS[i], group, consumer, horizon, cursor, 'COUNT', n - #out)
+    cursor = r[1]
+    local counts = {}
+    for j, e in ipairs(r[2]) do
+      counts[j] = tonumber(redis.call('XPENDING', KEYS[i], group, e[1], e[1], 1)[1][4])
+    end
+    take(i, lane, r[2], counts)
+  end
+  cursors[i] = cursor
+  while #out < n do
+    local want = n - #out
+    local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want, 'STREAMS', KEYS[i], '>')
+    if not r then break end
+    local entries, counts = r[1][2], {}
+    for j = 1, #entries do counts[j] = 1 end
+    take(i, lane, entries, counts)
+    if #entries < want then break end
+  end
+end
+
+local last, length = {}, 0
+if #out == 0 then
+  for i = 1, #KEYS do
+    local tail = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+    last[i] = tail[1] and tail[1][1] or '0-0'
+    length = length + redis.call('XLEN', KEYS[i])
+  end
+end
+return {cursors, out, last, length}
+"""
+
+#: KEYS: lane stream, dead-letter stream. ARGV: group, op (complete|abandon|renew|dead),
+#: entry id, delivery count, consumer, horizon ms, lease ms (renew), queue prefix, lane,
+#: message id, reason (dead), dead-letter stream's approximate cap.
+#: Returns 1 when done, 0 when the lease is no longer held (nothing changed).
+SETTLE = """
+local group, op, entry, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local horizon = tonumber(ARGV[6])
+local p = redis.call('XPENDING', KEYS[1], group, entry, entry, 1)[1]
+if not p or p[2] ~= ARGV[5] or tostring(p[4]) ~= count or tonumber(p[3]) >= horizon then
+  return 0
+end
+if op == 'renew' or op == 'abandon' then
+  local idle = horizon
+  if op == 'renew' then idle = horizon - tonumber(ARGV[7]) end
+  redis.call('XCLAIM', KEYS[1], group, ARGV[5], 0, entry, 'IDLE', tostring(idle), 'JUSTID')
+  return 1
+end
+local prefix, lane, mid = ARGV[8], ARGV[9], ARGV[10]
+if op == 'dead' then
+  local row = redis.call('XRANGE', KEYS[1], entry, entry)[1]
+  local f = row and fields_of(row[2]) or {}
+  local body = f['body']
+  if f['blob'] == '1' then body = redis.call('GET', prefix .. ':blob:' .. mid) end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[12], '*', 'id', mid, 'reason', ARGV[11],
+    'count', count, 'lane', lane, 'body', body or '')
+end
+drop(prefix, group, lane, entry, mid)
+return 1
+"""
+
+#: KEYS: the lane streams, the expiry zset. ARGV: group, horizon ms, queue prefix, scan limit.
+#: Drops messages whose TTL has passed and that no live lease holds; returns the number of
+#: entries left (waiting or leased).
+DEPTH = """
+local group, horizon, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local zset = KEYS[#KEYS]
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', zset, '-inf', now_ms(), 'LIMIT', 0, ARGV[4])) do
+  local lane, entry, mid = string.match(member, '^([^|]*)|([^|]*)|(.*)$')
+  local p = redis.call('XPENDING', prefix .. ':' .. lane, group, entry, entry, 1)[1]
+  if not p or tonumber(p[3]) >= horizon then
+    drop(prefix, group, lane, entry, mid)
+  end
+end
+local length = 0
+for i = 1, #KEYS - 1 do length = length + redis.call('XLEN', KEYS[i]) end
+return length
+"""
+
+#: KEYS: the lane streams. ARGV: group, this consumer, idle ms after which an empty consumer
+#: of another process is forgotten. Deletes consumers with nothing pending (this one, and dead
+#: ones), so restarts do not pile names up in XINFO CONSUMERS. Returns how many.
+FORGET_CONSUMERS = """
+local removed = 0
+for i = 1, #KEYS do
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[i], ARGV[1])) do
+    local f = fields_of(c)
+    if f['pending'] == 0 and (f['name'] == ARGV[2] or f['idle'] > tonumber(ARGV[3])) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[i], ARGV[1], f['name'])
+      removed = removed + 1
+    end
+  end
+end
+return removed
+"""
+
+SCRIPTS = {
+    "send": _PRELUDE + SEND,
+    "receive": _PRELUDE + RECEIVE,
+    "settle": _PRELUDE + SETTLE,
+    "depth": _PRELUDE + DEPTH,
+    "forget_consumers": _PRELUDE + FORGET_CONSUMERS,
+}

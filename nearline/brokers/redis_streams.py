@@ -1,0 +1,328 @@
+"""Redis Streams broker: ``redis://[:password@]host:6379/0[?claim_check_bytes=N]``.
+
+Guarantees: everything in :mod:`nearline.brokers.base`, for any number of processes on any
+number of hosts sharing one Redis primary, and, with the persistence settings below, across a
+Redis restart. Every operation is one round trip (a Lua script: a check and the change it
+guards run atomically).
+
+Layout (names in one place, :data:`GROUP` and :func:`stream_key`; the Kubernetes KEDA
+``redis-streams`` triggers name the same ones):
+
+* one stream per lane, ``<queue>:high``, ``<queue>:normal``, ``<queue>:low``, each with the
+  consumer group ``nearline``; an entry holds ``id`` (message id), ``body`` (or ``blob``: the
+  claim check) and ``exp`` (expiry, epoch ms, when the message has a TTL);
+* ``<queue>:dead``, the dead-letter stream (``id``, ``reason``, ``count``, ``lane``, ``body``);
+* ``<queue>:msg:<id>`` makes ``send`` idempotent while the message exists; ``<queue>:expiry``
+  lists messages with a TTL; ``<queue>:blob:<id>`` holds a claim-checked body.
+
+Receive reads high, then normal, then low: first entries whose lease expired (XAUTOCLAIM,
+which also raises the delivery count in the pending list), then new ones (XREADGROUP), in
+batches of ``COUNT``; when nothing is there it blocks on all three streams at once (XREAD
+BLOCK). A lease is the pending entry's idle clock: leasing for L seconds sets the idle time to
+``LEASE_HORIZON_S - L``, so ``XAUTOCLAIM min-idle-time=LEASE_HORIZON_S`` hands the message to
+another consumer exactly L seconds later; ``renew`` resets it (XCLAIM IDLE JUSTID, which keeps
+the count) and ``abandon`` sets it to the horizon (claimable at once). The lease token is
+``entry id/delivery count/consumer``, checked against XPENDING before any settle, so a stale
+lease raises :class:`LeaseLost` and changes nothing. ``complete`` is XACK + XDEL: completed
+entries do not accumulate, and ``depth`` is the streams' XLEN (waiting + leased). Expired
+messages are never delivered: receive drops them, and ``depth`` drops those no lease holds.
+Bodies over the claim-check limit (:mod:`nearline.claim_check`) are stored beside the entry.
+
+Operator settings the no-loss promise needs (details in ``docs/redis.md``):
+
+* ``appendonly yes`` with ``appendfsync everysec`` (a power loss costs at most ~1 s of sends
+  and settles) or ``always`` (none); RDB snapshots alone lose everything since the last one.
+* ``maxmemory-policy noeviction``: any eviction policy silently drops stream entries and keys.
+  With ``noeviction`` a full Redis refuses sends (the API answers 503) and loses nothing.
+* memory: about (body + ~400 bytes) per queued message (measured), plus job records (see the
+  store: ~1.5 KB each for the example pipelines, kept for the retention period).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+
+from nearline.brokers.base import Broker, DeadLetter, Delivery, LeaseLost
+from nearline.brokers.redis_lua import SCRIPTS
+from nearline.claim_check import ClaimCheck
+from nearline.constants import DEFAULT_LANE, LANES, LEASE_S
+from nearline.errors import BrokerError
+
+#: The consumer group on every lane stream (KEDA's ``consumerGroup``).
+GROUP = "nearline"
+#: Leases longer than this are cut to it; the pending list's idle clock counts down from here.
+LEASE_HORIZON_S = 24 * 3600.0
+#: While other consumers hold leases, an idle receiver looks for expired ones this often.
+RECOVERY_POLL_S = 0.25
+#: Longest single XREAD BLOCK: well under redis-py's 5 s socket timeout.
+BLOCK_MAX_S = 2.0
+#: The dead-letter stream is capped (approximately) at this many entries: their jobs have
+#: already failed with PoisonMessage; the stream is for operators to inspect.
+DEAD_LETTER_MAXLEN = 10_000
+#: Expired messages dropped per ``depth`` call (the rest go on the next call).
+EXPIRY_SCAN = 1000
+#: Empty consumers of other processes idle this long are forgotten when a broker closes.
+FORGET_IDLE_S = 3600.0
+
+_HORIZON_MS = int(LEASE_HORIZON_S * 1000)
+T = TypeVar("T")
+
+
+def stream_key(queue: str, lane: str) -> str:
+    """The stream of one lane of ``queue``, e.g. ``nearline-requests:normal``."""
+    return f"{queue}:{lane}"
+
+
+def dead_key(queue: str) -> str:
+    """The dead-letter stream of ``queue``."""
+    return f"{queue}:dead"
+
+
+def connect(url: str, own_options: Sequence[str]) -> tuple[redis.Redis, dict[str, str], str]:
+    """A client for ``url``; nearline's own query options split off; the URL without password.
+
+    Returns:
+        ``(client, {option: value} for own_options present, redacted url)``.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    own = {k: v for k, v in query if k in own_options}
+    rest = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k not in own])))
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    return redis.Redis.from_url(rest), own, urlunsplit(shown)
+
+
+class RedisBroker(Broker):
+    """Queues as Redis streams with one consumer group; see the module docstring."""
+
+    def __init__(self, url: str) -> None:
+        self._redis, own, self.url = connect(url, ("claim_check_bytes",))
+        self.claim_check = ClaimCheck.configured(own.get("claim_check_bytes"))
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._scripts = {name: self._redis.register_script(src) for name, src in SCRIPTS.items()}
+        self._ready: set[str] = set()
+        self._cursors: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _ensure_groups(self, queue: str) -> None:
+        if queue in self._ready:
+            return
+        for lane in LANES:
+            try:
+                self._redis.xgroup_create(stream_key(queue, lane), GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        with self._lock:
+            self._ready.add(queue)
+
+    def _call(self, queue: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` with the queue's groups in place; Redis errors become BrokerError."""
+        try:
+            self._ensure_groups(queue)
+            try:
+                return fn()
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                with self._lock:  # the streams were deleted under us (FLUSHDB, an operator)
+                    self._ready.discard(queue)
+                self._ensure_groups(queue)
+                return fn()
+        except redis.RedisError as exc:
+            raise BrokerError(f"redis broker {self.url}: {exc}") from exc
+
+    def _script(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        return self._scripts[name](keys=keys, args=args, client=client)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        message_id: str,
+        lane: str = DEFAULT_LANE,
+        ttl_s: float | None = None,
+    ) -> None:
+        self.send_many(queue, [(message_id, body)], lane=lane, ttl_s=ttl_s)
+
+    def send_many(
+        self,
+        queue: str,
+        messages: Sequence[tuple[str, bytes]],
+        *,
+        lane: str = DEFAULT_LANE,
+        ttl_s: float | None = None,
+    ) -> None:
+        if lane not in LANES:
+            raise ValueError(f"unknown lane {lane!r}; expected one of {LANES}")
+        ttl = "" if ttl_s is None else str(max(int(ttl_s * 1000), 1))
+        blob_ttl = str(int(self.claim_check.blob_ttl_s(ttl_s) * 1000))
+
+        def run() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            for message_id, body in messages:
+                keys = [
+                    stream_key(queue, lane),
+                    f"{queue}:msg:{message_id}",
+                    f"{queue}:expiry",
+                    self.claim_check.blob_key(queue, message_id),
+                ]
+                blob = "1" if self.claim_check.needed(body) else "0"
+                self._script("send", keys, [message_id, lane, body, blob, ttl, blob_ttl], pipe)
+            pipe.execute()
+
+        if messages:
+            self._call(queue, run)
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def receive(
+        self, queue: str, max_messages: int, wait_s: float, lease_s: float = LEASE_S
+    ) -> list[Delivery]:
+        if max_messages < 1:
+            return []
+        deadline = time.monotonic() + max(wait_s, 0.0)
+        lease_ms = max(min(int(lease_s * 1000), _HORIZON_MS), 1)
+        while True:
+            found, last_ids, length = self._call(queue, partial(self._lease, queue, max_messages, lease_ms))
+            if found:
+                return self._call(queue, partial(self._deliveries, queue, found))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            # Leased entries may expire while we wait: look again soon. Otherwise only a new
+            # entry can change anything, and XREAD BLOCK wakes on that.
+            pause = min(remaining, BLOCK_MAX_S, RECOVERY_POLL_S if length else BLOCK_MAX_S)
+            streams: dict[Any, Any] = {
+                stream_key(queue, lane): last for lane, last in zip(LANES, last_ids, strict=True)
+            }
+            self._call(queue, partial(self._redis.xread, streams, count=1, block=max(int(pause * 1000), 1)))
+
+    def _lease(self, queue: str, n: int, lease_ms: int) -> tuple[list[Any], list[bytes], int]:
+        cursors = self._cursors.get(queue) or ["0-0"] * len(LANES)
+        args: list[Any] = [GROUP, self.consumer, n, lease_ms, _HORIZON_MS, queue]
+        for lane, cursor in zip(LANES, cursors, strict=True):
+            args += [lane, cursor]
+        keys = [stream_key(queue, lane) for lane in LANES]
+        new_cursors, found, last_ids, length = self._script("receive", keys, args)
+        self._cursors[queue] = [c.decode() for c in new_cursors]
+        return found, last_ids, int(length)
+
+    def _deliveries(self, queue: str, found: list[Any]) -> list[Delivery]:
+        blob_ids = [row[3].decode() for row in found if row[5] == b"1"]
+        blobs = dict(
+            zip(
+                blob_ids,
+                self.claim_check.fetch(self._redis, [self.claim_check.blob_key(queue, m) for m in blob_ids]),
+                strict=True,
+            )
+        )
+        out = []
+        for lane_index, entry, count, raw_id, body, is_blob in found:
+            message_id, entry_id = raw_id.decode(), entry.decode()
+            if is_blob == b"1":
+                # A blob gone (deleted by hand) leaves an empty body: the receiver's own check
+                # of the message then fails it visibly, rather than the broker hiding it.
+                body = blobs.get(message_id) or b""
+            out.append(
+                Delivery(
+                    queue=queue,
+                    message_id=message_id,
+                    body=bytes(body),
+                    lane=LANES[lane_index - 1],
+                    delivery_count=int(count),
+                    lease_token=f"{entry_id}/{count}/{self.consumer}",
+                    enqueued_at=int(entry_id.partition("-")[0]) / 1000,
+                )
+            )
+        return out
+
+    # -- settling -----------------------------------------------------------------------
+
+    def _settle_args(
+        self, d: Delivery, op: str, lease_s: float = 0.0, reason: str = ""
+    ) -> tuple[list[str], list[Any]]:
+        entry, count, consumer = d.lease_token.split("/", 2)
+        lease_ms = max(min(int(lease_s * 1000), _HORIZON_MS), 1)
+        keys = [stream_key(d.queue, d.lane), dead_key(d.queue)]
+        args = [GROUP, op, entry, count, consumer, _HORIZON_MS, lease_ms, d.queue, d.lane, d.message_id]
+        return keys, [*args, reason, DEAD_LETTER_MAXLEN]
+
+    def _settle(self, d: Delivery, op: str, lease_s: float = 0.0, reason: str = "") -> None:
+        keys, args = self._settle_args(d, op, lease_s, reason)
+        if not self._call(d.queue, lambda: self._script("settle", keys, args)):
+            raise LeaseLost(f"lease on message {d.message_id} in {d.queue} is no longer held")
+
+    def complete(self, delivery: Delivery) -> None:
+        self._settle(delivery, "complete")
+
+    def complete_many(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        if not deliveries:
+            return []
+
+        def run() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for d in deliveries:
+                keys, args = self._settle_args(d, "complete")
+                self._script("settle", keys, args, pipe)
+            return pipe.execute()
+
+        done = self._call(deliveries[0].queue, run)
+        return [d for d, ok in zip(deliveries, done, strict=True) if not ok]
+
+    def abandon(self, delivery: Delivery) -> None:
+        self._settle(delivery, "abandon")
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self._settle(delivery, "dead", reason=reason)
+
+    def renew(self, delivery: Delivery, lease_s: float = LEASE_S) -> None:
+        self._settle(delivery, "renew", lease_s=lease_s)
+
+    # -- inspection ---------------------------------------------------------------------
+
+    def depth(self, queue: str) -> int:
+        keys = [*(stream_key(queue, lane) for lane in LANES), f"{queue}:expiry"]
+        args = [GROUP, _HORIZON_MS, queue, EXPIRY_SCAN]
+        return int(self._call(queue, lambda: self._script("depth", keys, args)))
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        rows: Any = self._call(queue, lambda: self._redis.xrange(dead_key(queue), count=limit))
+        out = []
+        for _entry, f in rows:
+            out.append(
+                DeadLetter(
+                    queue=queue,
+                    message_id=f[b"id"].decode(),
+                    body=bytes(f.get(b"body", b"")),
+                    reason=f.get(b"reason", b"").decode(),
+                    delivery_count=int(f.get(b"count", 0)),
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        """Forget this consumer (when it holds nothing) and close the connections."""
+        try:
+            for queue in list(self._ready):
+                keys = [stream_key(queue, lane) for lane in LANES]
+                self._script("forget_consumers", keys, [GROUP, self.consumer, int(FORGET_IDLE_S * 1000)])
+        except redis.RedisError:
+            pass  # best effort: a consumer left behind holds nothing and costs a few bytes
+        finally:
+            self._redis.close()

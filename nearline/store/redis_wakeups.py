@@ -1,0 +1,126 @@
+"""Long-poll wake-ups across replicas for the Redis store: finishes announced over pub/sub.
+
+``RedisStore.finish`` publishes ``<job id> <origin>`` on the channel ``nearline:job-finished:<db>``
+(pub/sub channels are server-wide, so the database number keeps deployments that share a server
+apart). :class:`Wakeups` is the store's :class:`~nearline.waiters.Waiters`: on the first
+``register`` it subscribes and waits for Redis to confirm, so a finish after any register is
+never missed; then one daemon thread turns announcements from *other* instances into
+``notify`` (an instance's own finishes notify its waiters directly). A process that never
+long-polls (a worker) never subscribes.
+
+If the connection drops, redis-py reconnects and subscribes again; announcements made in
+between are gone, so on every re-subscription the jobs still being waited for are looked up
+and the ended ones notified (``catch_up``). ``close`` stops the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from nearline.errors import BrokerError, NearlineError
+from nearline.waiters import Waiters
+
+log = logging.getLogger("nearline.store.redis")
+
+#: How long the listener blocks for a message before checking whether it should stop.
+POLL_S = 0.5
+
+
+def channel_for(db: int) -> str:
+    """The wake-up channel of database ``db``."""
+    return f"nearline:job-finished:{db}"
+
+
+class Wakeups(Waiters):
+    """Waiters that also wake for finishes announced by other store instances.
+
+    Args:
+        client: The store's client (the subscription gets a connection of its own).
+        channel: From :func:`channel_for`.
+        origin: This store instance's id; its own announcements are skipped.
+        catch_up: Given job ids, returns those that have ended (used after a reconnect).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        channel: str,
+        origin: str,
+        catch_up: Callable[[list[str]], Iterable[str]],
+    ) -> None:
+        super().__init__()
+        self.channel = channel
+        self.origin = origin
+        self._client = client
+        self._catch_up = catch_up
+        self._start_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pubsub: Any = None
+        self._thread: threading.Thread | None = None
+
+    def announcement(self, job_id: str) -> str:
+        """What ``finish`` publishes for ``job_id``."""
+        return f"{job_id} {self.origin}"
+
+    def register(self, job_id: str) -> asyncio.Future[None]:
+        self.start()
+        return super().register(job_id)
+
+    def start(self) -> None:
+        """Subscribe (once) and return when Redis has confirmed it."""
+        if self._thread is not None:
+            return
+        with self._start_lock:
+            if self._thread is not None or self._stop.is_set():
+                return
+            pubsub = self._client.pubsub()
+            try:
+                pubsub.subscribe(self.channel)
+                confirmed = pubsub.get_message(timeout=5.0)
+            except redis.RedisError as exc:
+                pubsub.close()
+                raise BrokerError(f"redis store: cannot subscribe to {self.channel}: {exc}") from exc
+            if not confirmed or confirmed.get("type") != "subscribe":
+                pubsub.close()
+                raise BrokerError(f"redis store: Redis did not confirm the subscription to {self.channel}")
+            self._pubsub = pubsub
+            self._thread = threading.Thread(target=self._listen, name="redis-store-wakeups", daemon=True)
+            self._thread.start()
+
+    def waited(self) -> list[str]:
+        """Ids someone in this process is waiting for."""
+        with self._lock:
+            return list(self._futures)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self._pubsub.get_message(timeout=POLL_S)
+                if msg and msg.get("type") == "subscribe":  # again, after a reconnect
+                    for job_id in self._catch_up(self.waited()):
+                        self.notify(job_id)
+                elif msg and msg.get("type") == "message":
+                    job_id, _, origin = msg["data"].decode().partition(" ")
+                    if origin != self.origin:
+                        self.notify(job_id)
+            except (redis.RedisError, NearlineError, OSError, ValueError) as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("job wake-up subscription failed, reconnecting: %s", exc)
+                self._stop.wait(POLL_S)
+
+    def close(self) -> None:
+        """Stop listening and close the subscription's connection."""
+        with self._start_lock:
+            self._stop.set()
+            thread, pubsub = self._thread, self._pubsub
+        if thread is not None:
+            thread.join(timeout=5)
+        if pubsub is not None:
+            pubsub.close()
