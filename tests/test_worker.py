@@ -193,3 +193,41 @@ def test_result_messages_carry_worker_and_timings(system) -> None:  # type: igno
     doc = json.loads(d.body)
     assert doc["worker"] == worker.name and "record" in doc["timings"]
     assert doc["started_at"] <= doc["finished_at"]
+
+
+def test_a_redelivered_message_runs_alone_after_its_batch_mates(system) -> None:  # type: ignore[no-untyped-def]
+    broker, _, worker = system
+    pipeline_steps.COMPUTED.clear()
+    send(broker, "suspect", "record", {"n": "suspect"})
+    (d,) = broker.receive(REQUEST_QUEUE, 1, 1.0)
+    broker.abandon(d)  # as if the worker that held it had died
+    send(broker, "a", "record", {"n": "a"})
+    send(broker, "b", "record", {"n": "b"})
+    deliveries = broker.receive(REQUEST_QUEUE, 10, 1.0)
+    assert {d.message_id: d.delivery_count for d in deliveries} == {"suspect": 2, "a": 1, "b": 1}
+    worker.process(deliveries)
+    assert pipeline_steps.COMPUTED == [{"n": "a"}, {"n": "b"}, {"n": "suspect"}]
+    (histogram,) = worker.metrics.batch_size.collect()
+    observed = {
+        s.name.rsplit("_", 1)[-1]: s.value for s in histogram.samples if not s.name.endswith("bucket")
+    }
+    assert observed["count"] == 2 and observed["sum"] == 3  # [a, b] together, then the suspect alone
+    assert len(results(broker, 3)) == 3
+
+
+def test_a_worker_leases_at_most_the_batch_in_hand_and_one_ahead(runner: PipelineRunner) -> None:
+    broker = MemoryBroker()
+    worker = Worker(
+        broker, runner, config=WorkerConfig(max_batch=2, max_wait_ms=0, lease_s=30, idle_wait_s=0.05)
+    )
+    for i in range(12):
+        send(broker, f"s{i}", "slow", {"sleep": 0.3})
+    stop, thread = start(worker)
+    try:
+        time.sleep(0.5)
+        waiting = len(broker.receive(REQUEST_QUEUE, 100, 0.0))  # what nobody holds a lease on
+        settled = 12 - broker.depth(REQUEST_QUEUE)
+        assert 12 - settled - waiting <= 4, "two batches of two at most are leased at once"
+    finally:
+        stop.set()
+        thread.join(10)

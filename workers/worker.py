@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nearline.worker")
 
+#: Batches received ahead of the one being computed: enough to overlap receiving with computing.
+PREFETCH = 1
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -84,8 +87,11 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Work until ``stop`` is set; then finish the batch in hand and give back the rest."""
-        batches: queue.Queue[list[Delivery]] = queue.Queue(maxsize=1)
-        receiver = threading.Thread(target=self._receive_loop, args=(stop, batches), daemon=True)
+        batches: queue.Queue[list[Delivery]] = queue.Queue()
+        # One batch computing, at most PREFETCH received ahead: every leased message is at most
+        # that many batch-times from being settled, so leases need not cover a longer queue.
+        slots = threading.Semaphore(1 + PREFETCH)
+        receiver = threading.Thread(target=self._receive_loop, args=(stop, batches, slots), daemon=True)
         receiver.start()
         self.ready.set()
         while not (stop.is_set() and batches.empty() and not receiver.is_alive()):
@@ -93,17 +99,24 @@ class Worker:
                 batch = batches.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if stop.is_set():
-                self._give_back(batch)
-                continue
-            self.process(batch)
+            try:
+                if stop.is_set():
+                    self._give_back(batch)
+                else:
+                    self.process(batch)
+            finally:
+                slots.release()
         receiver.join()
         while not batches.empty():
             self._give_back(batches.get_nowait())
 
-    def _receive_loop(self, stop: threading.Event, batches: queue.Queue[list[Delivery]]) -> None:
+    def _receive_loop(
+        self, stop: threading.Event, batches: queue.Queue[list[Delivery]], slots: threading.Semaphore
+    ) -> None:
         cfg = self.config
         while not stop.is_set():
+            if not slots.acquire(timeout=0.1):
+                continue
             try:
                 batch = collect(
                     lambda n, wait: self.broker.receive(cfg.request_queue, n, wait, cfg.lease_s),
@@ -113,19 +126,13 @@ class Worker:
                 )
             except NearlineError as exc:
                 log.warning("receive failed, retrying in 1 s: %s", exc)
+                batch = []
                 stop.wait(1.0)
-                continue
             if not batch:
+                slots.release()
                 continue
             self.metrics.in_flight.inc(len(batch))
-            while True:
-                try:
-                    batches.put(batch, timeout=0.1)
-                    break
-                except queue.Full:
-                    if stop.is_set():
-                        self._give_back(batch)
-                        return
+            batches.put(batch)
 
     def _give_back(self, batch: list[Delivery]) -> None:
         for d in batch:
@@ -136,7 +143,21 @@ class Worker:
     # -- one batch ----------------------------------------------------------------------
 
     def process(self, deliveries: list[Delivery]) -> None:
-        """Settle one batch: hooks first, then each pipeline once on its group, then publish."""
+        """Settle one received batch.
+
+        First deliveries run together; a redelivered message runs alone, after them: it may be
+        the one that killed the last worker to hold it, and alone it takes no batch-mates down
+        with it (they would be redelivered, and could be dead-lettered, for its fault).
+        """
+        fresh = [d for d in deliveries if d.delivery_count <= 1]
+        if fresh:
+            self._process(fresh)
+        for d in deliveries:
+            if d.delivery_count > 1:
+                self._process([d])
+
+    def _process(self, deliveries: list[Delivery]) -> None:
+        """Hooks first, then each pipeline once on its group, then publish and settle."""
         self.metrics.batch_size.observe(len(deliveries))
         batch = [Work(d) for d in deliveries]
         for hook in self.hooks:
