@@ -1,0 +1,315 @@
+"""A real Triton Inference Server on this machine, serving the model repository through pytriton.
+
+``nearline triton serve`` (and :func:`serve_repository`, which tests and benchmarks use) starts
+the ``tritonserver`` binary that ``nvidia-pytriton`` bundles: the Triton path of the workers runs
+on a laptop with no container and no GPU. For every model (its latest version, Triton's default
+``version_policy``) the TorchScript file is loaded with torch in *this* process and bound with
+the names, dtypes, dims, ``max_batch_size`` and dynamic batcher of its ``config.pbtxt``, running
+the in-process torch backend's code; Triton reaches it through its Python backend stub, so clients
+see Triton's own KServe v2 HTTP/gRPC API. Loopback unless told otherwise. See docs/triton.md.
+
+* ``LD_LIBRARY_PATH``: the stub links ``libpython``; on an interpreter whose libpython is not the
+  system's (pyenv here) it must find this one. pytriton builds the server's environment from
+  ``os.environ`` when it starts it, so the interpreter's ``LIBDIR`` is put there while it starts.
+* ``exit_timeout_secs=0`` (stops in ~1 s, not ~4 s); always stopped in a ``finally``.
+* The ``/tmp/folderXXXXXX`` model copies Triton leaves behind are removed (this server's only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import sys
+import sysconfig
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pytriton.decorators import batch
+from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+
+from nearline.constants import ENV_MODELS
+from nearline.errors import ConfigError, NearlineError
+from nearline.models.repository import ModelRepository, ModelSpec
+from nearline.models.torch_backend import TorchBackend
+
+#: Triton's own default ports; ``nearline triton serve`` uses them unless told otherwise.
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+#: Where Triton writes the model copies it leaves behind when stopped at once.
+_TRITON_TMP = Path("/tmp")
+
+
+class TritonStartError(NearlineError):
+    """The local Triton server could not start; the message says why (and its log's tail)."""
+
+    code = "TritonStartError"
+
+
+@dataclass(frozen=True)
+class LocalTriton:
+    """A running local Triton server: where it listens and what it serves.
+
+    Attributes:
+        host: The address it is bound to.
+        http_port: The KServe v2 HTTP port.
+        grpc_port: The KServe v2 gRPC port.
+        metrics_port: The Prometheus metrics port.
+        models: Model name → the version served.
+        log_file: The ``tritonserver`` log (deleted when the server stops).
+    """
+
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    models: dict[str, int] = field(default_factory=dict)
+    log_file: Path | None = None
+    _triton: Triton | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def grpc_url(self) -> str:
+        """The URL workers take with ``--triton-url`` for gRPC (the default protocol)."""
+        return f"grpc://{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        """The URL workers take with ``--triton-url`` for HTTP."""
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Triton's Prometheus endpoint."""
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def is_alive(self) -> bool:
+        """True while ``tritonserver`` and every model's stub are running."""
+        return self._triton is not None and self._triton.is_alive()
+
+
+@contextlib.contextmanager
+def serve_repository(
+    models_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    http_port: int = HTTP_PORT,
+    grpc_port: int = GRPC_PORT,
+    metrics_port: int = METRICS_PORT,
+    models: Sequence[str] | None = None,
+) -> Iterator[LocalTriton]:
+    """Serve the repository's models with a real Triton server while the block runs.
+
+    Args:
+        models_dir: The model repository (Triton layout).
+        host: Address to bind every endpoint to.
+        http_port: HTTP port.
+        grpc_port: gRPC port.
+        metrics_port: Prometheus metrics port.
+        models: Serve only these models (default: every model in the repository).
+
+    Yields:
+        The running server; ready (every model loaded) when the block starts.
+
+    Raises:
+        ConfigError: The repository, a model or a port is unusable.
+        TritonStartError: ``tritonserver`` did not come up.
+    """
+    repository = ModelRepository(models_dir)
+    names = list(models) if models is not None else repository.names()
+    if not names:
+        raise ConfigError(f"model repository {repository.root}: no models to serve")
+    for port in (http_port, grpc_port, metrics_port):
+        _check_port_free(host, port)
+    scratch = Path(tempfile.mkdtemp(prefix="nearline-triton-"))
+    workspace = scratch / "workspace"
+    log_file = scratch / "tritonserver.log"
+    config = TritonConfig(
+        http_address=host,
+        http_port=http_port,
+        grpc_address=host,
+        grpc_port=grpc_port,
+        metrics_address=host,
+        metrics_port=metrics_port,
+        exit_timeout_secs=0,
+        log_file=log_file,
+    )
+    # On loopback nothing is restricted (the statistics endpoint answers without a token); on any
+    # other address pytriton's default holds: model-repository, statistics... need its random token.
+    security = TritonSecurityConfig(restricted_endpoints=[]) if _loopback(host) else TritonSecurityConfig()
+    backend = TorchBackend(repository)
+    triton: Triton | None = None
+    try:
+        triton = Triton(config=config, workspace=workspace, security_config=security)
+        served = {name: _bind(triton, repository, backend, name) for name in names}
+        with libpython_on_library_path():
+            try:
+                triton.run()
+            except Exception as exc:  # pytriton raises TimeoutError, RuntimeError, its own errors
+                raise TritonStartError(f"Triton did not start: {exc}{_log_tail(log_file)}") from None
+        yield LocalTriton(host, http_port, grpc_port, metrics_port, served, log_file, triton)
+    finally:
+        if triton is not None:
+            triton.stop()
+        backend.close()
+        _remove_model_copies(workspace)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def libpython_on_library_path() -> Iterator[None]:
+    """Put this interpreter's ``LIBDIR`` first on ``LD_LIBRARY_PATH`` while the block runs.
+
+    Child processes started in the block (``tritonserver`` and, through it, the Python backend
+    stubs) then load this interpreter's ``libpython`` rather than the system's.
+    """
+    libdir = sysconfig.get_config_var("LIBDIR")
+    before = os.environ.get("LD_LIBRARY_PATH")
+    parts = [p for p in (before or "").split(os.pathsep) if p]
+    if libdir and libdir not in parts:
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *parts])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            os.environ["LD_LIBRARY_PATH"] = before
+
+
+def _bind(triton: Triton, repository: ModelRepository, backend: TorchBackend, name: str) -> int:
+    """Bind the latest version of model ``name``; returns that version."""
+    spec = repository.model(name)
+    versions = repository.versions(name)
+    if not versions:
+        raise ConfigError(f"model '{name}': no version folder in {spec.path.parent} holds a model file")
+    version = versions[-1]
+    backend.load(name, version)  # a broken model.pt fails here, naming the file, not in Triton
+    config = spec.config
+    batcher = DynamicBatcher(
+        max_queue_delay_microseconds=config.dynamic_batching.max_queue_delay_microseconds,
+        preferred_batch_size=list(config.dynamic_batching.preferred_batch_size) or None,
+    )
+    count = sum(g.count or 1 for g in config.instance_group) or 1
+    triton.bind(
+        model_name=name,
+        model_version=version,
+        infer_func=[_infer_func(backend, spec, version) for _ in range(count)],
+        inputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=t.dims) for t in spec.inputs],
+        outputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=t.dims) for t in spec.outputs],
+        config=ModelConfig(
+            max_batch_size=spec.max_batch_size,
+            batching=True,
+            batcher=batcher if config.HasField("dynamic_batching") else DynamicBatcher(),
+        ),
+        strict=True,
+    )
+    return version
+
+
+def _infer_func(backend: TorchBackend, spec: ModelSpec, version: int) -> Callable[..., Any]:
+    """The callable Triton runs for ``spec``: the torch backend on the (dynamically batched) inputs."""
+
+    @batch
+    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+        return backend.infer(spec.name, version, inputs)
+
+    return infer
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine for a listener
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot serve Triton on {host}:{port}: {exc.strerror}") from None
+
+
+def _log_tail(log_file: Path, lines: int = 15) -> str:
+    try:
+        tail = log_file.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n  tritonserver log:\n    " + "\n    ".join(tail) if tail else ""
+
+
+def _remove_model_copies(workspace: Path) -> None:
+    """Remove the ``/tmp/folderXXXXXX`` model copies Triton made for this server (and only those)."""
+    marker = str(workspace.resolve())
+    for folder in _TRITON_TMP.glob("folder??????"):
+        config = folder / "config.pbtxt"
+        with contextlib.suppress(OSError):
+            if folder.is_dir() and marker in config.read_text(errors="replace"):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``nearline triton serve [--models DIR] [--host H] [--http-port P] [--grpc-port P] [--metrics-port P]``.
+
+    Serves until SIGINT or SIGTERM, then stops Triton and exits 0; exits 1 when Triton dies or
+    cannot start, 2 on a usage error.
+    """
+    parser = argparse.ArgumentParser(
+        prog="nearline triton serve", description="Serve the model repository with a local Triton server."
+    )
+    parser.add_argument("--models", type=Path, default=Path(os.environ.get(ENV_MODELS, "models")))
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--http-port", type=int, default=HTTP_PORT)
+    parser.add_argument("--grpc-port", type=int, default=GRPC_PORT)
+    parser.add_argument("--metrics-port", type=int, default=METRICS_PORT)
+    parser.add_argument("--only", action="append", metavar="MODEL", help="serve only this model (repeatable)")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        with serve_repository(
+            args.models,
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            models=args.only,
+        ) as server:
+            _print_banner(server, args.models)
+            while not stop.wait(1.0):
+                if not server.is_alive():
+                    print("nearline triton serve: tritonserver exited", file=sys.stderr)
+                    return 1
+    except TritonStartError as exc:
+        print(f"nearline triton serve: {exc.message}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"nearline triton serve: {exc.message}", file=sys.stderr)
+        return 2
+    print("nearline triton serve: stopped", flush=True)
+    return 0
+
+
+def _print_banner(server: LocalTriton, models_dir: Path) -> None:
+    served = ", ".join(f"{name} v{version}" for name, version in server.models.items())
+    print(
+        f"nearline triton serve: {served} from {models_dir}\n"
+        f"  gRPC     {server.grpc_url}\n"
+        f"  HTTP     {server.http_url}\n"
+        f"  metrics  {server.metrics_url}\n"
+        f"  workers: python -m workers --model-backend triton --triton-url {server.grpc_url}\n"
+        "(Ctrl+C to stop)",
+        flush=True,
+    )
