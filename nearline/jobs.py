@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 
 class JobStatus(enum.StrEnum):
@@ -72,3 +73,24 @@ def status_document(job: JobRecord) -> dict[str, Any]:
 def error_output(code: str, message: str) -> dict[str, Any]:
     """The ``output`` of a Failed job."""
     return {"error": {"code": code, "message": message}}
+
+
+def job_urls(base_url: str, job_id: str, code: str | None = None) -> dict[str, str]:
+    """The 202 body of DESIGN §2: the job's absolute management URLs.
+
+    ``code`` is the caller's query-string key, carried into every URL as Durable Functions does,
+    so a client that authenticates with ``?code=`` (Logic Apps, azure-core's poller) can poll.
+    """
+    status = f"{base_url.rstrip('/')}/api/jobs/{job_id}"
+    key = f"code={quote(code, safe='')}" if code else ""
+    return {
+        "id": job_id,
+        "statusQueryGetUri": f"{status}?{key}" if key else status,
+        "terminatePostUri": f"{status}/terminate?reason={{text}}" + (f"&{key}" if key else ""),
+        "purgeHistoryDeleteUri": f"{status}?{key}" if key else status,
+    }
+
+
+def poll_headers(urls: dict[str, str], retry_after: int) -> dict[str, str]:
+    """``Location`` and ``Retry-After`` for a 202 that points at the job's status."""
+    return {"Location": urls["statusQueryGetUri"], "Retry-After": str(retry_after)}

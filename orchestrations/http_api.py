@@ -32,7 +32,7 @@ from nearline import __version__
 from nearline.constants import ENV_PIPELINES, RETRY_AFTER_S
 from nearline.errors import BrokerError, JobGone, JobNotFound, NearlineError, Overloaded
 from nearline.examples import PIPELINES_FILE
-from nearline.jobs import JobRecord
+from nearline.jobs import JobRecord, job_urls, poll_headers
 from nearline.pipelines.spec import Catalog, load_pipelines
 from nearline.submissions import job_id_for, new_job, parse_submission, parse_wait
 from orchestrations.azure_status import (
@@ -104,19 +104,13 @@ def _errors(handler: Handler) -> Handler:
 
 
 def urls(req: func.HttpRequest, job_id: str) -> dict[str, str]:
-    """The management URLs of a job: absolute, on this app's own routes."""
+    """The management URLs of a job: absolute, on this app's own routes, carrying ``?code=``."""
     parts = urlsplit(req.url)
-    status = f"{parts.scheme}://{parts.netloc}/api/jobs/{job_id}"
-    return {
-        "id": job_id,
-        "statusQueryGetUri": status,
-        "terminatePostUri": f"{status}/terminate?reason={{text}}",
-        "purgeHistoryDeleteUri": status,
-    }
+    return job_urls(f"{parts.scheme}://{parts.netloc}", job_id, req.params.get("code"))
 
 
 def _poll_headers(req: func.HttpRequest, job_id: str) -> dict[str, str]:
-    return {"Location": urls(req, job_id)["statusQueryGetUri"], "Retry-After": str(RETRY_AFTER_S)}
+    return poll_headers(urls(req, job_id), RETRY_AFTER_S)
 
 
 def _accepted(req: func.HttpRequest, job_id: str) -> func.HttpResponse:

@@ -253,6 +253,10 @@ def test_auth_required_when_keys_are_configured(tmp_path: Path) -> None:
         assert httpx.get(ok.json()["statusQueryGetUri"], params={"code": "k1"}).status_code == 202
         assert httpx.get(ok.json()["statusQueryGetUri"]).status_code == 401
         assert httpx.get(f"{s.url}/api/health").status_code == 200  # probes carry no key
+        # A client that authenticates with ?code= gets URLs that carry it, as Durable's do.
+        by_code = httpx.post(url, params={"code": "k1"}, json={"input": {}}).json()
+        assert "code=k1" in by_code["statusQueryGetUri"] and "code=k1" in by_code["terminatePostUri"]
+        assert httpx.get(by_code["statusQueryGetUri"]).status_code == 202
 
 
 def test_refuses_a_public_address_without_keys(tmp_path: Path) -> None:

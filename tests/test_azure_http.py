@@ -103,6 +103,12 @@ def test_submit_starts_the_orchestrator_and_answers_202_with_our_absolute_urls(c
     assert before + 10 <= job["deadline"] <= time.time() + 10
 
 
+def test_urls_carry_the_callers_query_key_as_durables_do(client, catalog) -> None:
+    doc = body_of(submit(client, catalog, "digits", DIGITS, "?code=secret"))
+    assert doc["statusQueryGetUri"] == f"{BASE}/api/jobs/{doc['id']}?code=secret"
+    assert doc["terminatePostUri"].endswith("/terminate?reason={text}&code=secret")
+
+
 def test_submit_with_wait_returns_the_document_when_the_job_ends_in_time(client, catalog) -> None:
     finish_on_poll(client, after=3, output={"label": 4})
     resp = submit(client, catalog, "digits", DIGITS, "?wait=5")

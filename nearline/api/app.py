@@ -26,7 +26,7 @@ from nearline.api.errors import handle_nearline_error, handle_unexpected
 from nearline.api.openapi import openapi_document
 from nearline.constants import MAX_BODY_BYTES, REQUEST_QUEUE, RETRY_AFTER_S
 from nearline.errors import NearlineError, PayloadTooLarge, Unauthorized
-from nearline.jobs import JobRecord, status_document
+from nearline.jobs import JobRecord, job_urls, poll_headers, status_document
 from nearline.service import JobService
 from nearline.submissions import parse_wait
 
@@ -182,15 +182,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _urls(request: Request, job_id: str) -> dict[str, str]:
-    base = str(request.base_url).rstrip("/")
-    status = f"{base}/api/jobs/{job_id}"
-    return {
-        "id": job_id,
-        "statusQueryGetUri": status,
-        "terminatePostUri": f"{status}/terminate?reason={{text}}",
-        "purgeHistoryDeleteUri": status,
-    }
+    return job_urls(str(request.base_url), job_id, request.query_params.get("code"))
 
 
 def _poll_headers(request: Request, job_id: str) -> dict[str, str]:
-    return {"Location": _urls(request, job_id)["statusQueryGetUri"], "Retry-After": str(RETRY_AFTER_S)}
+    return poll_headers(_urls(request, job_id), RETRY_AFTER_S)
