@@ -1,0 +1,45 @@
+"""nearline embedded: ``nearline serve`` on its default SQLite queue with N worker processes,
+measured end to end through HTTP (submit → long-poll → result)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.cases import Context
+from bench.nearline_http import measure_url
+from bench.processes import running, session_cpu_s, start_serve
+
+
+class Embedded:
+    """``nearline serve --workers N`` (SQLite under a temp data dir), fresh every round.
+
+    Args:
+        workers: Worker processes.
+        torch_threads: ``OMP_NUM_THREADS`` for the server and so its workers; None: torch's
+            default (a thread per core in every worker).
+    """
+
+    kind = "e2e"
+
+    def __init__(self, workers: int, torch_threads: int | None = None) -> None:
+        self.workers = workers
+        self.env = {"OMP_NUM_THREADS": str(torch_threads)} if torch_threads else None
+        self.once = torch_threads is not None  # a variant, for the analysis: one round
+        self.key = f"embedded-{workers}w" + (f"-{torch_threads}t" if torch_threads else "")
+        plural = "s" if workers > 1 else ""
+        threads = (
+            f", {torch_threads} torch thread{'s' if torch_threads > 1 else ''} each" if torch_threads else ""
+        )
+        self.title = f"nearline embedded (SQLite), {workers} worker{plural}{threads}"
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        workdir = ctx.workdir / f"{self.key}-r{ctx.round}"
+        ctx.progress.update("starting nearline serve")
+        proc, url = start_serve(
+            workdir, ctx.models, "--workers", str(self.workers), name="serve", env=self.env
+        )
+        with running(proc):
+            return measure_url(url, ctx, lambda: {"system": session_cpu_s([proc.popen.pid])}, self.workers)
