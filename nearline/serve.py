@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -169,7 +170,19 @@ class WorkerPool:
         ]
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self._command(index), preexec_fn=_die_with_parent)
+        return subprocess.Popen(self._command(index), env=self._env(), preexec_fn=_die_with_parent)
+
+    def _env(self) -> dict[str, str]:
+        """The workers' environment: the cores shared out between them.
+
+        torch gives each process one intra-op thread per core; N workers on C cores would run
+        N x C threads and thrash (measured here, 2 workers on 2 cores: 0.64 x the limit and a
+        p99 of 2.3 s, against 0.99 x and 69 ms with one thread each). An explicit
+        OMP_NUM_THREADS is left as it is.
+        """
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(self.cfg.workers)))
+        return env
 
     def _supervise(self) -> None:
         while not self._stop.wait(1.0):
@@ -215,6 +228,12 @@ class WorkerPool:
                 proc.kill()
         for t in self._threads:
             t.join(timeout=5)
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """torch threads each of ``workers`` processes gets on ``cores`` cores (at least one)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
 
 
 def _die_with_parent() -> None:
