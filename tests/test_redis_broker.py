@@ -292,3 +292,15 @@ def test_an_unreachable_redis_is_a_broker_error() -> None:
             b.send(Q, b"x", message_id="m")
     finally:
         b.close()
+
+
+def test_a_short_wait_is_not_rounded_up_to_the_servers_hz(brokers: list[RedisBroker]) -> None:
+    # Redis times out a blocked XREAD only hz (10) times a second; the worker's 5 ms batch-fill
+    # wait must not become ~100 ms. Median of several, so one scheduling hiccup cannot fail it.
+    b = brokers[0]
+    took = []
+    for _ in range(5):
+        started = time.monotonic()
+        assert b.receive("short", 10, 0.02) == []
+        took.append(time.monotonic() - started)
+    assert sorted(took)[2] < 0.08, took

@@ -64,6 +64,9 @@ GROUP = "nearline"
 LEASE_HORIZON_S = 24 * 3600.0
 #: While other consumers hold leases, an idle receiver looks for expired ones this often.
 RECOVERY_POLL_S = 0.25
+#: Waits shorter than this poll every SHORT_POLL_S instead of blocking (see ``receive``).
+SHORT_WAIT_S = 0.1
+SHORT_POLL_S = 0.002
 #: Longest single XREAD BLOCK: well under redis-py's 5 s socket timeout.
 BLOCK_MAX_S = 2.0
 #: The dead-letter stream is capped (approximately) at this many entries: their jobs have
@@ -205,6 +208,12 @@ class RedisBroker(Broker):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
+            if remaining < SHORT_WAIT_S:
+                # Redis checks blocked clients' timeouts only `hz` times a second (10 by
+                # default): a 5 ms XREAD BLOCK comes back after ~100 ms, which turned the
+                # worker's 5 ms batch-fill wait into 100. Short waits poll instead.
+                time.sleep(min(remaining, SHORT_POLL_S))
+                continue
             # Leased entries may expire while we wait: look again soon. Otherwise only a new
             # entry can change anything, and XREAD BLOCK wakes on that.
             pause = min(remaining, BLOCK_MAX_S, RECOVERY_POLL_S if length else BLOCK_MAX_S)
