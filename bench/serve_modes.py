@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from serving import running_server  # noqa: E402 - the tests' server helper
+from serving import running_server  # the tests' server helper, on the path above
 
 TEXTS = [
     "The striker scored twice in the final.",
