@@ -55,6 +55,7 @@ class Lifecycle:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._callbacks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="callback")
+        self._unlisten = store.on_finish(self._announce)
 
     def start(self) -> None:
         for target in (self._results_loop, self._sweep_loop):
@@ -63,6 +64,7 @@ class Lifecycle:
             self._threads.append(t)
 
     def stop(self) -> None:
+        self._unlisten()
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5)
@@ -129,12 +131,16 @@ class Lifecycle:
     # -- callbacks ----------------------------------------------------------------------
 
     def _finish(self, job_id: str, status: JobStatus, output: object) -> bool:
-        if not self.store.finish(job_id, status, output, time.time()):
-            return False
+        return self.store.finish(job_id, status, output, time.time())
+
+    def _announce(self, job_id: str) -> None:
+        """Store listener: POST the status document to the job's callback URL, off this thread.
+
+        Runs for every end this process makes: results, deadlines and terminate requests.
+        """
         job = self.store.get(job_id)
         if job is not None and job.callback_url:
             self._callbacks.submit(_post_callback, job)
-        return True
 
 
 def _post_callback(job: JobRecord) -> None:

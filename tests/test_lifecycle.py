@@ -94,7 +94,8 @@ def test_sweep_leaves_terminal_jobs_alone() -> None:
     assert store.get("done").output == {"ok": 1}
 
 
-def test_callback_receives_the_status_document(parts) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("end", ["result", "terminate"])
+def test_callback_receives_the_status_document(parts, end: str) -> None:  # type: ignore[no-untyped-def]
     _, store, life = parts
     got: list[dict] = []
     done = threading.Event()
@@ -113,10 +114,14 @@ def test_callback_receives_the_status_document(parts) -> None:  # type: ignore[n
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         store.create(_job("cb", callback_url=f"http://127.0.0.1:{server.server_address[1]}/hook"))
-        life.apply(ResultMessage.completed("cb", {"label": 7}))
+        if end == "result":
+            life.apply(ResultMessage.completed("cb", {"label": 7}))
+        else:  # what JobService.terminate does: the lifecycle hears it from the store
+            store.finish("cb", JobStatus.TERMINATED, "stop", time.time())
         assert done.wait(5)
     finally:
         server.shutdown()
         server.server_close()
-    assert got[0]["instanceId"] == "cb" and got[0]["runtimeStatus"] == "Completed"
-    assert got[0]["output"] == {"label": 7}
+    assert got[0]["instanceId"] == "cb"
+    assert got[0]["output"] == ({"label": 7} if end == "result" else "stop")
+    assert got[0]["runtimeStatus"] == ("Completed" if end == "result" else "Terminated")

@@ -244,3 +244,15 @@ def test_statuses_of_many_ids(store: StatusStore) -> None:
         JobStatus.PENDING,
     )
     assert store.statuses([]) == {}
+
+
+def test_finish_listeners_hear_each_end_once(store: StatusStore) -> None:
+    heard: list[str] = []
+    remove = store.on_finish(heard.append)
+    store.create(JobRecord("l1", "p", None))
+    assert store.finish("l1", JobStatus.TERMINATED, "bye", 1.0)
+    assert not store.finish("l1", JobStatus.COMPLETED, {}, 2.0)  # already ended: nothing to hear
+    remove()
+    store.create(JobRecord("l2", "p", None))
+    store.finish("l2", JobStatus.COMPLETED, {}, 3.0)
+    assert heard == ["l1"]

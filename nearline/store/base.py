@@ -6,13 +6,15 @@ Guarantees every backend gives (checked by ``tests/test_store.py`` on each):
 * Transitions are compare-and-set: ``mark_running`` only moves Pending → Running;
   ``finish`` only moves a non-terminal job to a terminal state and returns False otherwise,
   so a job never has two different results.
-* Every terminal transition made through this store notifies :attr:`waiters`.
+* Every terminal transition made through this store notifies :attr:`waiters` and the
+  :meth:`on_finish` listeners (the local lifecycle posts callbacks from there, so a job ended by
+  a result, a deadline or a terminate request is announced the same way).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from nearline.jobs import JobRecord, JobStatus
@@ -26,6 +28,22 @@ class StatusStore(abc.ABC):
 
     def __init__(self) -> None:
         self.waiters = Waiters()
+        self._listeners: list[Callable[[str], None]] = []
+
+    def on_finish(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(job_id)`` after each terminal transition this store instance makes.
+
+        Returns a function that removes the listener. Listeners run on the finishing thread:
+        keep them short (hand slow work to a pool).
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _finished(self, job_id: str) -> None:
+        """Backends call this after a successful terminal transition."""
+        self.waiters.notify(job_id)
+        for listener in list(self._listeners):
+            listener(job_id)
 
     @abc.abstractmethod
     def create(self, job: JobRecord) -> tuple[JobRecord, bool]:

@@ -47,7 +47,7 @@ class MemoryStore(StatusStore):
             if job is None or job.status.terminal:
                 return False
             self._jobs[job_id] = job.with_status(status, output, now)
-        self.waiters.notify(job_id)
+        self._finished(job_id)
         return True
 
     def delete(self, job_id: str) -> bool:

@@ -114,7 +114,7 @@ class RedisStore(StatusStore):
         args = [job_id, status.value, json.dumps(output), repr(now), self._retention_ms(), channel, message]
         if not self._run("finish", keys, args):
             return False
-        self.waiters.notify(job_id)
+        self._finished(job_id)
         return True
 
     def delete(self, job_id: str) -> bool:

@@ -107,7 +107,7 @@ class SqliteStore(StatusStore):
         )
         if count != 1:
             return False
-        self.waiters.notify(job_id)
+        self._finished(job_id)
         return True
 
     def delete(self, job_id: str) -> bool:
