@@ -7,6 +7,10 @@ responses.
 
 from __future__ import annotations
 
+from typing import Any
+
+from nearline.constants import RETRY_AFTER_S
+
 
 class NearlineError(Exception):
     """Base of every error nearline raises on purpose."""
@@ -131,3 +135,17 @@ class InvalidInputFailure(JobFailure):
     """The worker found the input unusable (reported as ``InvalidInput``)."""
 
     code = "InvalidInput"
+
+
+def http_error(exc: NearlineError) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The one mapping of an error to HTTP: ``(body, status, headers)``.
+
+    The body is ``{"error": {"code", "message"}}``; a 503 carries ``Retry-After``. The local API
+    and the Azure HTTP functions both render responses from this.
+    """
+    headers = {}
+    if isinstance(exc, Overloaded):
+        headers["Retry-After"] = str(exc.retry_after)
+    elif exc.status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    return {"error": {"code": exc.code, "message": exc.message}}, exc.status, headers

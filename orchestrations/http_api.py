@@ -30,7 +30,7 @@ import azure.functions as func
 
 from nearline import __version__
 from nearline.constants import ENV_PIPELINES, RETRY_AFTER_S
-from nearline.errors import BrokerError, JobGone, JobNotFound, NearlineError, Overloaded
+from nearline.errors import BrokerError, JobGone, JobNotFound, NearlineError, http_error
 from nearline.examples import PIPELINES_FILE
 from nearline.jobs import JobRecord, job_urls, poll_headers
 from nearline.pipelines.spec import Catalog, load_pipelines
@@ -76,13 +76,9 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def error_response(exc: NearlineError) -> func.HttpResponse:
-    """``{"error": {"code", "message"}}`` with the error's status; Retry-After on 503."""
-    headers = {}
-    if isinstance(exc, Overloaded):
-        headers["Retry-After"] = str(exc.retry_after)
-    elif exc.status == 503:
-        headers["Retry-After"] = str(RETRY_AFTER_S)
-    return _json({"error": {"code": exc.code, "message": exc.message}}, exc.status, headers)
+    """The error as a response (shape and headers from :func:`nearline.errors.http_error`)."""
+    body, status, headers = http_error(exc)
+    return _json(body, status, headers)
 
 
 def _errors(handler: Handler) -> Handler:

@@ -1,4 +1,4 @@
-"""The one place that turns nearline errors into HTTP responses."""
+"""Starlette adapters for the error tree: responses shaped by :func:`nearline.errors.http_error`."""
 
 from __future__ import annotations
 
@@ -7,20 +7,15 @@ import logging
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from nearline.constants import RETRY_AFTER_S
-from nearline.errors import NearlineError, Overloaded
+from nearline.errors import NearlineError, http_error
 
 log = logging.getLogger("nearline.api")
 
 
 def error_response(exc: NearlineError) -> JSONResponse:
-    """``{"error": {"code", "message"}}`` with the error's status; Retry-After on 503."""
-    headers = {}
-    if isinstance(exc, Overloaded):
-        headers["Retry-After"] = str(exc.retry_after)
-    elif exc.status == 503:
-        headers["Retry-After"] = str(RETRY_AFTER_S)
-    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status, headers)
+    """The error as a JSON response (shape and headers from :func:`nearline.errors.http_error`)."""
+    body, status, headers = http_error(exc)
+    return JSONResponse(body, status, headers)
 
 
 async def handle_nearline_error(request: Request, exc: Exception) -> Response:
