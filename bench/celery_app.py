@@ -1,4 +1,4 @@
-"""The peer (DESIGN §9): the same pipelines behind Celery, written the way most users write it.
+"""The peer (docs/benchmarks.md): the same pipelines behind Celery, written the way most users write it.
 
 One task per request (no batching), Redis as broker and result backend, Celery's defaults
 otherwise (JSON, prefetch multiplier 4, early ack). The task runs nearline's own

@@ -1,4 +1,4 @@
-"""The limit: a pipeline's own batched throughput in this process, no queue, no HTTP (DESIGN §9).
+"""The limit: a pipeline's own batched throughput in this process, no queue, no HTTP (docs/benchmarks.md).
 
 ``PipelineRunner.run`` on consecutive batches of :data:`~bench.settings.LIMIT_BATCH` of the
 run's request mix, with the same models, backend and torch threading a worker has. The

@@ -10,7 +10,7 @@ For each worker count: empty the database, start that many ``python -m workers``
 through :class:`~nearline.service.JobService` (what an API replica does: validate, record,
 enqueue) while this process runs the lifecycle (what an API replica runs beside it), and time
 the first submit to the last job ending. The limit is :meth:`PipelineRunner.run` on batches of
-32 of the same texts in this process, with no queue, store or HTTP (DESIGN §9).
+32 of the same texts in this process, with no queue, store or HTTP (docs/benchmarks.md, Method).
 
 On a shared machine the limit itself drifts, so it is measured before and after every Redis
 run and each run's ratio uses the mean of the two around it. CPU seconds per job are printed
@@ -21,6 +21,7 @@ unlike wall-clock rates they do not depend on what else the machine is doing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -30,8 +31,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
+
+if TYPE_CHECKING:
+    from nearline.store_jobs import StoreJobs
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = ROOT / "nearline" / "examples" / "pipelines.yaml"
@@ -101,13 +106,19 @@ def start_workers(n: int, url: str, models: Path, logdir: Path) -> list[subproce
     return procs
 
 
+async def submit_all(jobs: StoreJobs, bodies: list[bytes]) -> None:
+    """Submit one after another, as one API replica's request loop would."""
+    for body in bodies:
+        await jobs.submit("topics", body)
+
+
 def on_redis(inputs: list[str], workers: int, url: str, models: Path, logdir: Path) -> Run:
     """First submit to last job ending, with ``workers`` worker processes."""
     from nearline.brokers.redis_streams import RedisBroker
+    from nearline.lifecycle import Lifecycle
     from nearline.pipelines.spec import load_pipelines
-    from nearline.service import JobService
     from nearline.store.redis_hashes import FINISHED, RedisStore
-    from orchestrations.local import Lifecycle
+    from nearline.store_jobs import StoreJobs
 
     n = len(inputs)
     with redis.Redis.from_url(url) as r:
@@ -115,13 +126,13 @@ def on_redis(inputs: list[str], workers: int, url: str, models: Path, logdir: Pa
         procs = start_workers(workers, url, models, logdir)
         broker, store = RedisBroker(url), RedisStore(url)
         lifecycle = Lifecycle(broker, store)
-        service = JobService(load_pipelines(PIPELINES), broker, store, max_queue_depth=n + 1)
+        jobs = StoreJobs(load_pipelines(PIPELINES), broker, store, max_queue_depth=n + 1)
         bodies = [json.dumps({"input": {"text": t}, "timeout_s": 600}).encode() for t in inputs]
         try:
             lifecycle.start()
             cpu0 = [cpu_s(p.pid) for p in procs], time.process_time(), redis_cpu_s(r)
             start = time.perf_counter()
-            submitter = threading.Thread(target=lambda: [service.submit("topics", b) for b in bodies])
+            submitter = threading.Thread(target=lambda: asyncio.run(submit_all(jobs, bodies)))
             submitter.start()
             while r.zcard(FINISHED) < n:
                 time.sleep(0.01)

@@ -16,7 +16,7 @@ from typing import Any
 from bench.stats import latency_summary, median, spread
 
 LIMIT, PEER = "limit", "celery"
-#: DESIGN §9 and the benchmark issue: what embedded and Redis should reach.
+#: The goals of docs/benchmarks.md (Latest full run): what embedded and Redis should reach.
 GOAL_VS_LIMIT = 0.9
 GOAL_VS_PEER = 3.0
 

@@ -47,7 +47,7 @@ class WorkerDrain:
 
     def __init__(self, backend: str) -> None:
         self.backend = backend
-        self.once = backend != "sqlite"  # the DESIGN's figure is SQLite's; Redis's informs the analysis
+        self.once = backend != "sqlite"  # docs/benchmarks.md reports SQLite's; Redis's informs the analysis
         self.key = f"worker-{backend}"
         self.title = f"worker drain, {'SQLite' if backend == 'sqlite' else 'Redis'}, 1 worker"
 

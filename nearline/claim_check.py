@@ -16,19 +16,16 @@ Configured by the broker URL option ``claim_check_bytes=N`` or the environment v
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nearline.constants import ENV_CLAIM_CHECK_BYTES, RETENTION_S
+from nearline import settings
+from nearline.constants import CLAIM_CHECK_BYTES, RETENTION_S
 from nearline.errors import ConfigError
 
-#: Bodies larger than this go out of line. Service Bus Standard's message limit is 256 KiB, so
-#: the same figure everywhere means a body never fits one broker and not another. On Redis it
-#: keeps stream entries small: a 32-message read then moves kilobytes, not megabytes, and the
-#: worker fetches large bodies with one MGET.
-DEFAULT_CLAIM_CHECK_BYTES = 256 * 1024
+#: Bodies larger than this go out of line (why this figure: :data:`nearline.constants.CLAIM_CHECK_BYTES`).
+DEFAULT_CLAIM_CHECK_BYTES = CLAIM_CHECK_BYTES
 
 #: Lifetime of a blob whose message has no TTL. Settling deletes blobs; this bounds the memory
 #: a message lost to an operator's XDEL/XTRIM can leave behind. Result messages (no TTL) are
@@ -57,21 +54,22 @@ class ClaimCheck:
     threshold: int = DEFAULT_CLAIM_CHECK_BYTES
 
     @classmethod
-    def configured(cls, url_option: str | None = None) -> ClaimCheck:
-        """The claim check a broker URL option, else ``NEARLINE_CLAIM_CHECK_BYTES``, asks for."""
-        raw = url_option if url_option is not None else os.environ.get(ENV_CLAIM_CHECK_BYTES)
-        if raw is None or raw == "":
+    def configured(
+        cls, url_option: str | None = None, environ: Mapping[str, str] | None = None
+    ) -> ClaimCheck:
+        """The claim check a broker URL option, else ``NEARLINE_CLAIM_CHECK_BYTES``, asks for.
+
+        Raises:
+            ConfigError: The limit is not a whole number of bytes >= 0.
+        """
+        if url_option is None:
+            return cls(settings.RedisSettings.from_env(environ).claim_check_bytes)
+        if url_option == "":
             return cls()
         try:
-            threshold = int(raw)
-        except ValueError:
-            raise ConfigError(
-                f"claim check limit {raw!r} (claim_check_bytes / {ENV_CLAIM_CHECK_BYTES}) "
-                "is not a whole number of bytes"
-            ) from None
-        if threshold < 0:
-            raise ConfigError(f"claim check limit must be >= 0 bytes, not {threshold}")
-        return cls(threshold)
+            return cls(settings.CLAIM_CHECK_BYTES.parse(url_option))
+        except ValueError as exc:
+            raise ConfigError(f"claim check limit claim_check_bytes={url_option!r}: {exc}") from None
 
     def needed(self, body: bytes) -> bool:
         """True when ``body`` must travel by reference."""

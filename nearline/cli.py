@@ -1,57 +1,77 @@
 """The ``nearline`` command: serve, worker, models, and the client commands.
 
-User errors print one line (``nearline: ...``) and exit non-zero; never a traceback.
+``serve``, ``worker``, ``models build`` and ``triton serve`` own their flags, derived from
+:mod:`nearline.settings`. User errors print one line (``prog: ...``, :func:`fail`) and exit with
+:func:`nearline.errors.exit_code`'s status; never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from pathlib import Path
+from collections.abc import Mapping
 
 from nearline import __version__
-from nearline import constants as c
-from nearline.errors import NearlineError
+from nearline.constants import LANES
+from nearline.errors import NearlineError, exit_code
+from nearline.settings import ClientSettings, ServeSettings, add_flags, with_flags
 
-DEFAULT_URL = f"http://{c.HTTP_HOST}:{c.HTTP_PORT}"
+#: The worker settings ``nearline serve`` takes flags for; the rest come from the environment.
+SERVE_WORKER_FLAGS = ("broker", "models", "pipelines", "lease_s", "max_batch", "max_wait_ms")
 
 
-def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the API, the lifecycle and workers in one process tree")
-    p.add_argument("--host", default=c.HTTP_HOST)
-    p.add_argument("--port", type=int, default=c.HTTP_PORT)
-    p.add_argument(
-        "--broker",
-        default=os.environ.get(c.ENV_BROKER),
-        help="queue URL: sqlite:///file.db (default, under --data-dir), memory://, redis://host:6379/0",
+def fail(prog: str, exc: BaseException) -> int:
+    """Report ``exc`` as one line on stderr, ``prog: message``; return its exit status.
+
+    Every command's ``main`` ends here for a :class:`~nearline.errors.NearlineError`, an
+    ``OSError`` or an interrupt; the status is :func:`nearline.errors.exit_code`'s.
+    """
+    if isinstance(exc, NearlineError):
+        message = exc.message
+    elif isinstance(exc, OSError) and exc.strerror:
+        message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    else:
+        message = str(exc) or type(exc).__name__
+    if not isinstance(exc, KeyboardInterrupt):
+        print(f"{prog}: {message}", file=sys.stderr)
+    return exit_code(exc)
+
+
+def serve_parser(settings: ServeSettings) -> argparse.ArgumentParser:
+    """``nearline serve``'s flags, their defaults taken from ``settings``."""
+    p = argparse.ArgumentParser(
+        prog="nearline serve", description="Run the API, the lifecycle and workers in one process tree."
     )
-    p.add_argument("--workers", type=int, default=1, help="worker processes (threads for memory://)")
-    p.add_argument("--no-workers", action="store_true", help="API and lifecycle only (workers run elsewhere)")
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get(c.ENV_DATA_DIR, ".nearline")))
-    p.add_argument("--models", type=Path, default=Path(os.environ.get(c.ENV_MODELS, "models")))
-    p.add_argument("--pipelines", type=Path, default=os.environ.get(c.ENV_PIPELINES))
-    p.add_argument("--insecure", action="store_true", help="allow a non-loopback address without API keys")
-    p.add_argument(
-        "--max-queue-depth", type=int, default=int(os.environ.get(c.ENV_MAX_QUEUE_DEPTH, c.MAX_QUEUE_DEPTH))
-    )
-    p.add_argument(
-        "--retention-s", type=float, default=float(os.environ.get(c.ENV_RETENTION_S, c.RETENTION_S))
-    )
-    p.add_argument("--max-body", type=int, default=c.MAX_BODY_BYTES, help="largest request body in bytes")
-    p.add_argument("--lease-s", type=float, default=float(os.environ.get(c.ENV_LEASE_S, c.LEASE_S)))
-    p.add_argument("--max-batch", type=int, default=int(os.environ.get(c.ENV_MAX_BATCH, c.MAX_BATCH)))
-    p.add_argument(
-        "--max-wait-ms", type=float, default=float(os.environ.get(c.ENV_MAX_WAIT_MS, c.MAX_WAIT_MS))
-    )
-    p.set_defaults(func=_serve)
+    add_flags(p, settings)
+    add_flags(p, settings.worker, only=SERVE_WORKER_FLAGS, prefix="worker.")
+    add_flags(p, settings.api, prefix="api.")
+    return p
+
+
+def serve_settings(argv: list[str], environ: Mapping[str, str] | None = None) -> ServeSettings:
+    """``nearline serve``'s settings: the environment's, with the flags in ``argv`` over them."""
+    settings = ServeSettings.from_env(environ)
+    return with_flags(settings, serve_parser(settings).parse_args(argv))
+
+
+def serve_main(argv: list[str]) -> int:
+    """``nearline serve [flags]``; returns the exit status."""
+    try:
+        settings = serve_settings(argv)
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        from nearline.serve import serve
+
+        return serve(settings)
+    except (NearlineError, OSError, KeyboardInterrupt) as exc:
+        return fail("nearline serve", exc)
 
 
 def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    client = ClientSettings.from_env()
+
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", default=os.environ.get("NEARLINE_URL", DEFAULT_URL), help="API base URL")
-        p.add_argument("--key", default=os.environ.get("NEARLINE_KEY"), help="API key (x-functions-key)")
+        add_flags(p, client)
 
     p = sub.add_parser("submit", help="submit a scoring request")
     p.add_argument("pipeline")
@@ -59,7 +79,7 @@ def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait with --wait")
     p.add_argument("--idempotency-key")
-    p.add_argument("--priority", choices=c.LANES)
+    p.add_argument("--priority", choices=LANES)
     common(p)
     p.set_defaults(func=_client_command("submit"))
     for name, helptext in (("status", "print a job's status document"), ("terminate", "terminate a job")):
@@ -83,36 +103,11 @@ def _client_command(name: str):  # type: ignore[no-untyped-def]
     return run
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from nearline.serve import ServeConfig, serve
-
-    keys = tuple(k.strip() for k in os.environ.get(c.ENV_API_KEYS, "").split(",") if k.strip())
-    cfg = ServeConfig(
-        host=args.host,
-        port=args.port,
-        broker=args.broker,
-        workers=args.workers,
-        no_workers=args.no_workers,
-        data_dir=args.data_dir,
-        models=args.models,
-        pipelines=args.pipelines,
-        insecure=args.insecure,
-        api_keys=keys,
-        max_queue_depth=args.max_queue_depth,
-        retention_s=args.retention_s,
-        max_body=args.max_body,
-        lease_s=args.lease_s,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-    )
-    return serve(cfg)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nearline", description="Near-real-time ML scoring.")
     parser.add_argument("--version", action="version", version=f"nearline {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_serve(sub)
+    sub.add_parser("serve", help="run the API, the lifecycle and workers in one process tree", add_help=False)
     w = sub.add_parser("worker", help="run a scoring worker (same as python -m workers)", add_help=False)
     w.set_defaults(func=None)
     m = sub.add_parser("models", help="the model repository")
@@ -128,11 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # `worker`, `models build` and `triton serve` own their flags: hand the rest of the line to them.
+    # `serve`, `worker`, `models build` and `triton serve` own their flags (and read the
+    # environment): hand the rest of the line to them.
+    if argv[:1] == ["serve"]:
+        return serve_main(argv[1:])
     if argv[:1] == ["worker"]:
-        from workers.cli import main as worker_main
+        from nearline.worker.cli import main as worker_main
 
-        return worker_main(argv[1:])
+        return worker_main(argv[1:], prog="nearline worker")
     if argv[:2] == ["models", "build"]:
         from nearline.models.build import main as build_main
 
@@ -145,11 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except NearlineError as exc:
-        print(f"nearline: {exc.message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    except (NearlineError, OSError, KeyboardInterrupt) as exc:
+        return fail("nearline", exc)
 
 
 if __name__ == "__main__":

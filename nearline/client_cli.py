@@ -1,9 +1,10 @@
 """The client commands of ``nearline``: ``submit``, ``status``, ``terminate``, ``pipelines``.
 
-Their arguments are defined in :mod:`nearline.cli`; each command here returns the exit code:
-0 success; 1 the job ended Failed or Terminated, or did not end within ``--timeout``; 2 a user
-error (unreadable or invalid input file, bad URL, server unreachable, a request the server
-refused). Errors are one line on stderr, ``nearline: ...``; never a traceback.
+Their arguments are defined in :mod:`nearline.cli`; each command here returns the exit code
+(:func:`nearline.errors.exit_code`): 0 success; 1 the job ended Failed or Terminated, or did not
+end within ``--timeout``; 2 a user error (unreadable or invalid input file, bad URL, a request
+the server refused); 3 the server unreachable, overloaded or failing (try again later). Errors
+are one line on stderr, ``nearline: ...``; never a traceback.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from nearline.client import Client, JobError, JobTimeout
-from nearline.errors import NearlineError
+from nearline.client import Client, ClientError
+from nearline.errors import ConfigError, exit_code
 
 Command = Callable[[argparse.Namespace], int]
 
 
-class UsageError(NearlineError):
+class UsageError(ConfigError):
     """The command line or the input file is wrong."""
 
     code = "UsageError"
@@ -39,10 +40,8 @@ def _reporting(command: Command) -> Command:
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except (JobError, JobTimeout) as exc:
-            return _fail(exc, 1)
-        except NearlineError as exc:
-            return _fail(exc, 2)
+        except (ClientError, UsageError) as exc:
+            return _fail(exc, exit_code(exc))
 
     return run
 

@@ -44,19 +44,33 @@ MAX_QUEUE_DEPTH = 10_000
 #: Terminal job records are kept this long, then purged.
 RETENTION_S = 24 * 3600.0
 
-#: Environment variable names read by the code (k8s manifests must use exactly these).
-ENV_BROKER = "NEARLINE_BROKER"
-ENV_MODELS = "NEARLINE_MODELS"
-ENV_PIPELINES = "NEARLINE_PIPELINES"
-ENV_API_KEYS = "NEARLINE_API_KEYS"
-ENV_MAX_BATCH = "NEARLINE_MAX_BATCH"
-ENV_MAX_WAIT_MS = "NEARLINE_MAX_WAIT_MS"
-ENV_LEASE_S = "NEARLINE_LEASE_S"
-ENV_MAX_DELIVERIES = "NEARLINE_MAX_DELIVERIES"
-ENV_WORKER_PORT = "NEARLINE_WORKER_PORT"
-ENV_TRITON_URL = "NEARLINE_TRITON_URL"
-ENV_MODEL_BACKEND = "NEARLINE_MODEL_BACKEND"
-ENV_MAX_QUEUE_DEPTH = "NEARLINE_MAX_QUEUE_DEPTH"
-ENV_RETENTION_S = "NEARLINE_RETENTION_S"
-ENV_DATA_DIR = "NEARLINE_DATA_DIR"
-ENV_CLAIM_CHECK_BYTES = "NEARLINE_CLAIM_CHECK_BYTES"
+#: Where the model repository is, unless told otherwise: ``models`` in the working directory,
+#: where ``make run`` and ``nearline models build`` put it.
+MODELS_DIR = "models"
+
+#: ``nearline serve``'s data directory (the SQLite queue file) when none is named.
+DATA_DIR = ".nearline"
+
+#: Worker processes ``nearline serve`` starts. One is enough on a laptop; a second helps only
+#: when the cores outnumber what one worker's torch threads use (see docs/benchmarks.md).
+SERVE_WORKERS = 1
+
+#: A worker's health and metrics endpoint listens on every address: the kubelet probes the
+#: pod's IP, and a Prometheus scrape comes from another pod.
+WORKER_HOST = "0.0.0.0"
+
+#: Claim check (``nearline.claim_check``): bodies larger than this go out of line. Service Bus
+#: Standard's message limit is 256 KiB, so the same figure everywhere means a body never fits
+#: one broker and not another. On Redis it keeps stream entries small: a 32-message read then
+#: moves kilobytes, not megabytes, and the worker fetches large bodies with one MGET.
+CLAIM_CHECK_BYTES = 256 * 1024
+
+#: ``nearline triton serve``: Triton's own default ports, on loopback unless told otherwise
+#: (Triton's endpoints have no authentication of their own).
+TRITON_HOST = "127.0.0.1"
+TRITON_HTTP_PORT = 8000
+TRITON_GRPC_PORT = 8001
+TRITON_METRICS_PORT = 8002
+
+# Environment variable names live in one table with their types and defaults:
+# ``nearline.settings.VARIABLES``.

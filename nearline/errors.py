@@ -1,12 +1,46 @@
 """One error tree for the whole system, rooted at :class:`NearlineError`.
 
-Every error carries a stable ``code`` (the string a Failed job's ``output.error.code`` shows)
-and an HTTP ``status``; :func:`nearline.api.errors` is the one place that turns them into
-responses.
+Every error carries a stable ``code`` and an HTTP ``status``; each code means one thing.
+:func:`http_error` is the one place that turns them into responses, :func:`exit_code` the one
+place that turns them (and the client's errors) into a command's exit status.
+
+::
+
+    NearlineError                   500  InternalError     a bug, or an error without a class
+    ├── ConfigError                 500  ConfigError       a file or setting is wrong
+    │   └── UsageError              500  UsageError        (nearline.client_cli)
+    ├── Unavailable                 503  Unavailable       try again later (+ Retry-After)
+    │   ├── BrokerError             503  BrokerError       queue or store unreachable or refusing
+    │   │   └── LeaseLost           503  LeaseLost         (nearline.brokers.base)
+    │   └── Overloaded              503  Overloaded        request queue over its depth
+    ├── RequestError                400  BadRequest        the request's fault
+    │   ├── InvalidInput *          400  InvalidInput      fails the schema or a step
+    │   ├── UnknownPipeline         404  UnknownPipeline
+    │   ├── JobNotFound             404  NotFound
+    │   ├── JobGone                 410  Gone
+    │   ├── PayloadTooLarge         413  PayloadTooLarge
+    │   └── Unauthorized            401  Unauthorized
+    ├── JobFailure                  500  JobFailed         ends a job Failed (output.error.code)
+    │   ├── InvalidInput *                                 found by a worker: the job fails
+    │   ├── DeadlineExceeded             DeadlineExceeded
+    │   ├── ModelError                   ModelError
+    │   ├── StepError                    StepError
+    │   ├── PoisonMessage                PoisonMessage     malformed, or delivered too often
+    │   └── OrchestrationFailure         (the worker's)    (orchestrations.azure_status)
+    ├── MessageError                500  MalformedMessage  a wire message does not parse
+    │                                                      (nearline.messages)
+    ├── BuildFailed                 500  BuildFailed       (nearline.models.build)
+    └── TritonStartError            500  TritonStartError  (nearline.triton.server)
+
+    * one class, ``InvalidInput(RequestError, JobFailure)``
+
+The client's errors (:mod:`nearline.client.errors`) are a tree of their own, rooted at
+``ClientError(Exception)``: what a client *receives* is never something the API raises.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from nearline.constants import RETRY_AFTER_S
@@ -29,11 +63,30 @@ class ConfigError(NearlineError):
     code = "ConfigError"
 
 
-class BrokerError(NearlineError):
+# --- unavailable (try again later: 503 + Retry-After) -----------------------------------
+
+
+class Unavailable(NearlineError):
+    """Something needed is not answering or refuses work for now; retry after ``retry_after`` s."""
+
+    code = "Unavailable"
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = RETRY_AFTER_S) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BrokerError(Unavailable):
     """The queue or status store could not be reached or refused an operation."""
 
     code = "BrokerError"
-    status = 503
+
+
+class Overloaded(Unavailable):
+    """The request queue is over its configured depth."""
+
+    code = "Overloaded"
 
 
 # --- request errors (the caller's fault: 4xx) -------------------------------------------
@@ -44,12 +97,6 @@ class RequestError(NearlineError):
 
     code = "BadRequest"
     status = 400
-
-
-class InvalidInput(RequestError):
-    """The input fails the pipeline's JSON Schema or its pre-processing."""
-
-    code = "InvalidInput"
 
 
 class UnknownPipeline(RequestError):
@@ -87,17 +134,6 @@ class Unauthorized(RequestError):
     status = 401
 
 
-class Overloaded(RequestError):
-    """The request queue is over its configured depth; retry after ``retry_after`` seconds."""
-
-    code = "Overloaded"
-    status = 503
-
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
 # --- job failure codes (the ``output.error.code`` of a Failed job) ----------------------
 
 
@@ -105,6 +141,16 @@ class JobFailure(NearlineError):
     """Base of errors that end a job ``Failed``; ``code`` is what the client sees."""
 
     code = "JobFailed"
+
+
+class InvalidInput(RequestError, JobFailure):
+    """The input fails the pipeline's JSON Schema or its pre-processing.
+
+    A request's fault either way: the API answers it with 400; found by a worker, it ends the
+    job ``Failed`` with the same code.
+    """
+
+    code = "InvalidInput"
 
 
 class DeadlineExceeded(JobFailure):
@@ -120,7 +166,7 @@ class ModelError(JobFailure):
 
 
 class PoisonMessage(JobFailure):
-    """The request was delivered ``max_deliveries`` times without being settled."""
+    """The request was malformed, or delivered ``max_deliveries`` times without being settled."""
 
     code = "PoisonMessage"
 
@@ -131,21 +177,41 @@ class StepError(JobFailure):
     code = "StepError"
 
 
-class InvalidInputFailure(JobFailure):
-    """The worker found the input unusable (reported as ``InvalidInput``)."""
-
-    code = "InvalidInput"
-
-
 def http_error(exc: NearlineError) -> tuple[dict[str, Any], int, dict[str, str]]:
     """The one mapping of an error to HTTP: ``(body, status, headers)``.
 
-    The body is ``{"error": {"code", "message"}}``; a 503 carries ``Retry-After``. The local API
-    and the Azure HTTP functions both render responses from this.
+    The body is ``{"error": {"code", "message"}}``; an :class:`Unavailable` (503) carries
+    ``Retry-After``. The local API and the Azure HTTP functions both render responses from this.
     """
     headers = {}
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Unavailable):
         headers["Retry-After"] = str(exc.retry_after)
-    elif exc.status == 503:
-        headers["Retry-After"] = str(RETRY_AFTER_S)
     return {"error": {"code": exc.code, "message": exc.message}}, exc.status, headers
+
+
+def exit_code(exc: BaseException) -> int:
+    """The one mapping of an error to a command's exit status, for every CLI.
+
+    ``2``: the user's fault, fixable by changing the command or its configuration (a bad flag,
+    a missing file, a request the server refused as invalid). ``3``: something needed is not
+    there or not answering (a broker, a server); the same command may work later. ``130``:
+    interrupted. ``1``: anything else (a failed build, a job that failed, a bug).
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, ConfigError | RequestError):
+        return 2
+    if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+        return 2
+    if isinstance(exc, Unavailable):
+        return 3
+    # The client's errors; nearline.client (and httpx) is not imported for this: an error of
+    # that tree can only exist once its module has been imported.
+    if "nearline.client.errors" in sys.modules:
+        from nearline.client.errors import ApiError, ApiOverloaded, ConnectionFailed
+
+        if isinstance(exc, ConnectionFailed | ApiOverloaded):
+            return 3
+        if isinstance(exc, ApiError):
+            return 3 if exc.status >= 500 else 2 if exc.status >= 400 else 1
+    return 1

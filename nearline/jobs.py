@@ -1,4 +1,4 @@
-"""Job records and the status document (DESIGN §2).
+"""Job records and the status document (docs/api.md, Status document).
 
 A :class:`JobRecord` is what a status store keeps; :func:`status_document` is the one function
 that renders it for clients, used by the local API and the Azure HTTP functions alike.
@@ -76,7 +76,7 @@ def error_output(code: str, message: str) -> dict[str, Any]:
 
 
 def job_urls(base_url: str, job_id: str, code: str | None = None) -> dict[str, str]:
-    """The 202 body of DESIGN §2: the job's absolute management URLs.
+    """The 202 body (docs/api.md, Job URLs): the job's absolute management URLs.
 
     ``code`` is the caller's query-string key, carried into every URL as Durable Functions does,
     so a client that authenticates with ``?code=`` (Logic Apps, azure-core's poller) can poll.

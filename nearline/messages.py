@@ -1,4 +1,4 @@
-"""Wire messages (DESIGN §3): the request and result messages, JSON on every broker.
+"""Wire messages (docs/api.md, Wire messages): the request and result messages, JSON on every broker.
 
 The field names are firm: workers, the Azure response function and external tools read them.
 Messages are parsed once, when received, into frozen dataclasses; a message that does not
@@ -17,9 +17,13 @@ from nearline.errors import NearlineError
 
 
 class MessageError(NearlineError):
-    """A message body is not a valid nearline message."""
+    """A message body is not a valid nearline message.
 
-    code = "PoisonMessage"
+    Its own code, not a job's: whoever receives such a message decides what it means for the
+    job (a worker fails it with ``PoisonMessage``).
+    """
+
+    code = "MalformedMessage"
 
 
 Priority = Literal["high", "normal", "low"]

@@ -1,131 +1,90 @@
-"""The job service: submit, status, wait, terminate and purge over one broker and one store.
+"""The job seam: one interface for every front door, two implementations behind it.
 
-Every front door of the embedded and Redis profiles (the HTTP API, the CLI's in-process paths,
-tests) goes through :class:`JobService`; none of them touches a broker or a store directly.
+:class:`Jobs` is what the HTTP handlers (:mod:`nearline.http.handlers`) call: submit, get, wait,
+terminate, purge. It is implemented over a broker and a status store
+(:class:`nearline.store_jobs.StoreJobs`: the embedded and Redis profiles) and over Durable
+Functions instances (``orchestrations.durable_jobs.DurableJobs``: Azure). Validation and job ids
+are decided here, once, in :meth:`Jobs.submit`; an implementation only records and starts a job
+(:meth:`Jobs.create`) and reads, ends and deletes it.
+
+Every method is a coroutine: the Durable client is asynchronous, and the store-backed
+implementation moves its blocking calls off the event loop itself.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-from typing import TYPE_CHECKING
+import abc
+from typing import TYPE_CHECKING, Any
 
-from nearline.brokers.base import Broker
-from nearline.constants import MAX_QUEUE_DEPTH, REQUEST_QUEUE, RETRY_AFTER_S
-from nearline.errors import BrokerError, JobGone, JobNotFound, Overloaded
-from nearline.jobs import JobRecord, JobStatus
-from nearline.store.base import StatusStore
-from nearline.submissions import job_id_for, new_job, parse_submission, request_message
+from nearline.constants import MAX_BODY_BYTES
+from nearline.jobs import JobRecord
+from nearline.submissions import job_id_for, new_job, parse_submission
 
 if TYPE_CHECKING:
     from nearline.pipelines.spec import Catalog
 
 
-class JobService:
-    """Job operations for one catalog, broker and store.
+class Jobs(abc.ABC):
+    """Job operations of one deployment of the HTTP contract (docs/api.md).
 
     Args:
-        catalog: The pipelines a client may call (input schemas only; no models are loaded).
-        broker: Where request messages go.
-        store: Where job records live.
-        max_queue_depth: Submissions are refused with 503 while the request queue holds more.
-        max_body: Largest accepted request body in bytes.
+        max_body: Largest accepted request body in bytes (413 above).
     """
 
-    def __init__(
-        self,
-        catalog: Catalog,
-        broker: Broker,
-        store: StatusStore,
-        *,
-        max_queue_depth: int = MAX_QUEUE_DEPTH,
-        max_body: int = 1_048_576,
-    ) -> None:
-        self.catalog = catalog
-        self.broker = broker
-        self.store = store
-        self.max_queue_depth = max_queue_depth
+    def __init__(self, *, max_body: int = MAX_BODY_BYTES) -> None:
         self.max_body = max_body
 
-    def submit(
+    @property
+    @abc.abstractmethod
+    def catalog(self) -> Catalog:
+        """The pipelines a client may call (input schemas; no models loaded)."""
+
+    async def submit(
         self, pipeline: str, body: bytes, idempotency_key: str | None = None
     ) -> tuple[JobRecord, bool]:
-        """Validate, record and enqueue a job. Returns ``(job, created)``.
+        """Validate a submit request, then record and start its job. Returns ``(job, created)``.
 
-        A rejected request leaves no record and no message. With an idempotency key that was
-        seen before, the existing job is returned and nothing is enqueued.
+        A rejected request starts nothing. With an ``Idempotency-Key`` that was seen before,
+        the existing job is returned and nothing new starts.
+
+        Raises:
+            RequestError: (4xx) the request can never succeed; the message names the problem.
+            Unavailable: (503) the queue is full or unreachable; retry later.
         """
         sub = parse_submission(self.catalog, pipeline, body, max_body=self.max_body)
-        job_id = job_id_for(pipeline, idempotency_key)
-        if idempotency_key is not None:
-            existing = self.store.get(job_id)
-            if existing is not None:
-                return existing, False
-        depth = self.broker.depth(REQUEST_QUEUE)
-        if depth >= self.max_queue_depth:
-            raise Overloaded(
-                f"request queue holds {depth} messages (limit {self.max_queue_depth}); retry later",
-                retry_after=RETRY_AFTER_S,
-            )
-        job, created = self.store.create(new_job(sub, job_id, idempotency_key))
-        if not created:
-            return job, False
-        msg = request_message(job)
-        try:
-            self.broker.send(
-                REQUEST_QUEUE, msg.to_json(), message_id=job.id, lane=job.priority, ttl_s=_ttl(job)
-            )
-        except Exception as exc:
-            # Nothing half-written: a job whose message never made it must not linger Pending.
-            self.store.delete(job.id)
-            raise BrokerError(f"could not enqueue job {job.id}: {exc}") from exc
-        return job, True
+        job = new_job(sub, job_id_for(pipeline, idempotency_key), idempotency_key)
+        return await self.create(job)
 
-    def get(self, job_id: str) -> JobRecord:
-        """The job's record; raises :class:`JobNotFound`."""
-        job = self.store.get(job_id)
-        if job is None:
-            raise JobNotFound(f"no job with id {job_id!r}")
-        return job
+    @abc.abstractmethod
+    async def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        """Record and start a validated job; a job with the same id is returned as it is."""
 
+    @abc.abstractmethod
+    async def get(self, job_id: str) -> JobRecord:
+        """The job's record; raises :class:`~nearline.errors.JobNotFound`."""
+
+    @abc.abstractmethod
     async def wait(self, job_id: str, timeout: float) -> JobRecord:
-        """The job's record once it is terminal, or as it is after ``timeout`` seconds.
+        """The job's record once it has ended, or as it is after ``timeout`` seconds."""
 
-        Wakes as soon as the store reports the job's end (no polling loop here).
-        """
-        fut = self.store.waiters.register(job_id)
-        try:
-            job = await asyncio.to_thread(self.get, job_id)
-            if job.status.terminal or timeout <= 0:
-                return job
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fut, timeout)
-            return await asyncio.to_thread(self.get, job_id)
-        finally:
-            self.store.waiters.discard(job_id, fut)
-
-    def terminate(self, job_id: str, reason: str = "") -> JobRecord:
-        """End a job that has not ended; a job not yet taken by a worker is never scored.
+    @abc.abstractmethod
+    async def terminate(self, job_id: str, reason: str = "") -> None:
+        """End a job that has not ended; a job no worker has taken is never scored.
 
         Raises:
             JobNotFound: no such job.
-            JobGone: the job is already terminal (left as it is).
+            JobGone: the job has already ended (it is left as it is).
         """
-        job = self.get(job_id)
-        if job.status.terminal or not self.store.finish(job_id, JobStatus.TERMINATED, reason, time.time()):
-            raise JobGone(f"job {job_id} already ended ({self.get(job_id).status.value})")
-        return self.get(job_id)
 
-    def purge(self, job_id: str) -> None:
-        """Delete a job's record; raises :class:`JobNotFound`."""
-        if not self.store.delete(job_id):
-            raise JobNotFound(f"no job with id {job_id!r}")
+    @abc.abstractmethod
+    async def purge(self, job_id: str) -> int:
+        """Delete a job's record; how many were deleted. Raises :class:`JobNotFound`."""
 
+    async def health(self) -> dict[str, Any]:
+        """Fields this implementation adds to ``GET /api/health`` (it may raise when broken)."""
+        self.catalog  # noqa: B018 - a configuration that does not load is not healthy
+        return {}
 
-def _ttl(job: JobRecord) -> float | None:
-    """Seconds the request message is worth keeping: until the deadline, plus a minute so the
-    worker (not the broker) is the one that reports ``DeadlineExceeded``."""
-    if job.deadline is None:
+    async def queue_depth(self) -> int | None:
+        """Messages in the request queue, where this implementation can count them cheaply."""
         return None
-    return max(job.deadline - time.time(), 0.0) + 60.0

@@ -1,6 +1,6 @@
 """Parsing a submit request into a job: the validation every front door shares.
 
-The local API (``nearline.api``) and the Azure HTTP functions (``orchestrations.http``) both call
+The local API (``nearline.api``) and the Azure HTTP functions (``orchestrations.http_api``) both call
 :func:`parse_submission` and :func:`job_id_for`, so a request rejected by one is rejected by the
 other with the same status and message. Nothing here touches a queue or a store.
 """
@@ -124,7 +124,7 @@ def new_job(
 
 
 def request_message(job: JobRecord, now: float | None = None) -> RequestMessage:
-    """The request message (DESIGN §3) for ``job``."""
+    """The request message (docs/api.md, Wire messages) for ``job``."""
     return RequestMessage(
         id=job.id,
         pipeline=job.pipeline,

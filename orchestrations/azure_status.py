@@ -154,7 +154,7 @@ def job_record(status: Any) -> JobRecord:
 
 
 def job_document(status: Any) -> dict[str, Any]:
-    """The status document (DESIGN §2) of a Durable status: rendered by the one renderer."""
+    """The status document (docs/api.md) of a Durable status: rendered by the one renderer."""
     return status_document(job_record(status))
 
 

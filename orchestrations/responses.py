@@ -1,6 +1,6 @@
 """Results off the response queue, into the waiting orchestrations.
 
-A Service Bus trigger on ``nearline-responses`` parses each result message (DESIGN §3) and
+A Service Bus trigger on ``nearline-responses`` parses each result message (docs/api.md, Wire messages) and
 raises ``ScoreCompleted`` on the job's instance with it. Messages are completed when the function
 returns (``autoCompleteMessages``) and abandoned - so redelivered, then dead-lettered after the
 queue's max delivery count - when it raises. So the function returns normally for every message

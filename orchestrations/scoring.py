@@ -26,10 +26,11 @@ from typing import Any
 import azure.durable_functions as df
 
 from nearline.brokers import Broker, open_broker
-from nearline.constants import ENV_BROKER, LANES, REQUEST_QUEUE
-from nearline.errors import BrokerError, ConfigError, DeadlineExceeded, NearlineError
+from nearline.constants import LANES, REQUEST_QUEUE
+from nearline.errors import BrokerError, ConfigError, DeadlineExceeded, NearlineError, PoisonMessage
 from nearline.jobs import JobRecord
 from nearline.messages import MessageError, ResultMessage
+from nearline.settings import BROKER, FunctionsSettings
 from nearline.submissions import request_message
 from orchestrations.azure_status import (
     ENQUEUE_ACTIVITY,
@@ -90,7 +91,7 @@ def job_outcome(context: df.DurableOrchestrationContext, payload: Any) -> Any:
     try:
         result = ResultMessage.from_json(json.dumps(payload))
     except (MessageError, TypeError, ValueError) as exc:
-        raise OrchestrationFailure(MessageError.code, f"unusable result event: {exc}") from None
+        raise OrchestrationFailure(PoisonMessage.code, f"unusable result event: {exc}") from None
     context.set_custom_status({"worker": result.worker, "timings": result.timings})
     if result.status == "Completed":
         return result.output
@@ -116,8 +117,9 @@ def broker_url(env: Mapping[str, str]) -> str:
     ``ServiceBusConnection`` (a connection string) or
     ``ServiceBusConnection__fullyQualifiedNamespace`` (managed identity).
     """
-    if env.get(ENV_BROKER):
-        return env[ENV_BROKER]
+    configured = FunctionsSettings.from_env(env).broker
+    if configured:
+        return configured
     if env.get(SERVICE_BUS_CONNECTION):
         return env[SERVICE_BUS_CONNECTION]
     namespace = env.get(f"{SERVICE_BUS_CONNECTION}__fullyQualifiedNamespace")
@@ -125,7 +127,7 @@ def broker_url(env: Mapping[str, str]) -> str:
         return f"servicebus://{namespace}"
     raise ConfigError(
         f"no broker configured: set {SERVICE_BUS_CONNECTION}__fullyQualifiedNamespace (managed identity),"
-        f" {SERVICE_BUS_CONNECTION} (connection string) or {ENV_BROKER}"
+        f" {SERVICE_BUS_CONNECTION} (connection string) or {BROKER.name}"
     )
 
 

@@ -5,11 +5,25 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
+from nearline.pipelines.spec import Catalog, load_pipelines
+
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(name: str, reason: str) -> NoReturn:
+    """Skip the test because ``name`` is not usable here, except under CI, where that is a failure.
+
+    The one rule for what CI provides (servers, tools, reference data): a machine without it
+    skips the tests that need it, and CI, which must have it, fails them instead.
+    """
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: CI must provide {name})")
+    pytest.skip(reason)
 
 
 def require_server(name: str, host: str, port: int) -> None:
@@ -17,10 +31,7 @@ def require_server(name: str, host: str, port: int) -> None:
     try:
         socket.create_connection((host, port), timeout=1).close()
     except OSError as exc:
-        message = f"{name} is not reachable on {host}:{port}: {exc}"
-        if IN_CI:
-            pytest.fail(f"{message} (CI=true: a server that CI provides must be there)")
-        pytest.skip(message)
+        unavailable(name, f"{name} is not reachable on {host}:{port}: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +47,9 @@ def models_dir() -> Path:
 def pipelines_file() -> Path:
     """The example pipelines shipped in the package."""
     return ROOT / "nearline" / "examples" / "pipelines.yaml"
+
+
+@pytest.fixture(scope="session")
+def catalog(pipelines_file: Path) -> Catalog:
+    """The example pipelines, loaded (schemas only; no models)."""
+    return load_pipelines(pipelines_file)

@@ -7,7 +7,7 @@ input and the replay schema. :class:`History` writes such contexts; :func:`repla
 ``Orchestrator.create(fn)`` - the entry point the Functions host calls - and returns the state
 the orchestrator reports back (its actions, output, custom status, or error).
 
-Things the engine insists on (DESIGN §8): ``ExecutionStarted`` carries ``Version``;
+Things the engine insists on (docs/azure.md, What is tested here): ``ExecutionStarted`` carries ``Version``;
 ``get_input()`` reads the context's top-level ``input``; activities and timers take their event
 ids from one counter (external events are keyed by name); with ``upperSchemaVersion`` >= 1 a
 ``task_any`` is one ``WhenAny`` action holding its children.
@@ -247,7 +247,7 @@ def run(awaitable: Awaitable[T]) -> T:
     """``asyncio.run`` that also closes the durable library's shared aiohttp session.
 
     The library keeps one process-wide session bound to the loop that created it; a second
-    ``asyncio.run`` would find it attached to a closed loop (DESIGN §8).
+    ``asyncio.run`` would find it attached to a closed loop (docs/azure.md, What is tested here).
     """
 
     async def main() -> T:

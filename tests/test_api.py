@@ -1,4 +1,4 @@
-"""Black-box tests of the HTTP contract (DESIGN §2) against a real `nearline serve` subprocess."""
+"""Black-box tests of the HTTP contract (docs/api.md) against a real `nearline serve` subprocess."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import azure.functions as func
 import pytest
-from durable_history import FakeDurableClient, registered_functions, run
+from durable_history import FakeDurableClient, run
 
 from nearline.jobs import JobRecord, status_document
 from nearline.pipelines.spec import Catalog, load_pipelines
@@ -25,11 +25,6 @@ from orchestrations.azure_status import SCORING_ORCHESTRATOR, OrchestrationFailu
 BASE = "https://nearline-fn.azurewebsites.net"
 DIGITS = {"input": {"pixels": [0.0] * 64}}
 DOCUMENT_KEYS = set(status_document(JobRecord(id="x", pipeline="p", input=None)))
-
-
-@pytest.fixture(scope="module")
-def catalog(pipelines_file: Path) -> Catalog:
-    return load_pipelines(pipelines_file)
 
 
 @pytest.fixture
@@ -343,52 +338,6 @@ def test_the_catalog_is_loaded_lazily_from_the_setting(
     monkeypatch.setenv("NEARLINE_PIPELINES", str(pipelines_file))
     assert http_api.catalog() is http_api.catalog()
     assert "digits" in http_api.catalog()
-
-
-# --- registration ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def functions() -> dict[str, Any]:
-    return registered_functions()
-
-
-def trigger(fn: Any) -> dict[str, Any]:
-    return dict(fn.get_trigger().get_dict_repr())
-
-
-@pytest.mark.parametrize(
-    ("name", "route", "method", "auth"),
-    [
-        ("submit_job", "score/{pipeline}", "POST", "function"),
-        ("read_job", "jobs/{id}", "GET", "function"),
-        ("terminate_job", "jobs/{id}/terminate", "POST", "function"),
-        ("purge_job", "jobs/{id}", "DELETE", "function"),
-        ("get_pipelines", "pipelines", "GET", "function"),
-        ("get_health", "health", "GET", "anonymous"),
-        ("get_openapi", "openapi.json", "GET", "anonymous"),
-    ],
-)
-def test_http_routes_are_registered(functions, name: str, route: str, method: str, auth: str) -> None:
-    t = trigger(functions[name])
-    assert t["type"] == "httpTrigger" and t["route"] == route
-    assert [str(getattr(m, "value", m)) for m in t["methods"]] == [method]
-    assert str(getattr(t["authLevel"], "value", t["authLevel"])) == auth
-    clients = [b for b in functions[name].get_bindings() if b.get_dict_repr()["type"] == "durableClient"]
-    assert bool(clients) == name.endswith("_job")
-
-
-def test_a_registered_route_calls_its_handler_with_the_durable_client(
-    functions, client, catalog, monkeypatch
-) -> None:
-    monkeypatch.setattr(http_api, "_catalog", catalog)
-    user_code = functions["submit_job"].get_user_function().client_function  # under the client middleware
-    req = request("POST", "/api/score/digits", DIGITS, pipeline="digits")
-    resp = run(user_code(req=req, client=client))
-    assert resp.status_code == 202 and client.calls_of("start_new") == [body_of(resp)["id"]]
-    job_id = body_of(resp)["id"]
-    read = functions["read_job"].get_user_function().client_function
-    assert run(read(req=request("GET", f"/api/jobs/{job_id}", id=job_id), client=client)).status_code == 202
 
 
 def test_job_document_reads_a_json_encoded_input() -> None:

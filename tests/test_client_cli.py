@@ -114,7 +114,7 @@ def test_user_errors_are_one_line(server: Server, tmp_path: Path) -> None:
 
 def test_unreachable_server(input_file: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    line = one_error_line(nearline("submit", "identity", str(input_file), "--url", url))
+    line = one_error_line(nearline("submit", "identity", str(input_file), "--url", url), code=3)
     assert f"cannot reach {url}/api/score/identity" in line
 
 

@@ -27,6 +27,7 @@ from nearline.client import (
     ApiUnauthorized,
     AsyncClient,
     Client,
+    ClientError,
     ConnectionFailed,
     JobFailed,
     JobTerminated,
@@ -148,7 +149,8 @@ def test_error_statuses_map_to_typed_errors(status: int, cls: type[ApiError]) ->
     with pytest.raises(cls) as info:
         client.get("j1")
     exc = info.value
-    assert type(exc) is cls and isinstance(exc, NearlineError)
+    # The client's own tree: the API's error handler must never serve one as a response.
+    assert type(exc) is cls and isinstance(exc, ClientError) and not isinstance(exc, NearlineError)
     assert (exc.status, exc.code, exc.message) == (status, "Code", "what went wrong")
     assert str(exc) == f"HTTP {status} Code: what went wrong"
     if isinstance(exc, ApiOverloaded):

@@ -13,9 +13,9 @@ import pytest
 from nearline.brokers.memory import MemoryBroker
 from nearline.constants import RESPONSE_QUEUE
 from nearline.jobs import JobRecord, JobStatus
+from nearline.lifecycle import Lifecycle
 from nearline.messages import ResultMessage
 from nearline.store.memory import MemoryStore
-from orchestrations.local import Lifecycle
 
 
 def _job(job_id: str, deadline: float | None = None, callback_url: str | None = None) -> JobRecord:

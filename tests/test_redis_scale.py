@@ -31,6 +31,7 @@ import pytest
 import redis
 from conftest import require_server
 from serving import Server, start_server, stop_server
+from waiting import wait_until
 
 from nearline.brokers.redis_streams import GROUP, RedisBroker, stream_key
 from nearline.constants import LANES, REQUEST_QUEUE, RESPONSE_QUEUE
@@ -85,14 +86,6 @@ def start_worker(models: Path, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([*cmd, *WORKER_ARGS], stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
-
-
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[System]:
     require_server("Redis", "127.0.0.1", 6379)
@@ -105,7 +98,9 @@ def system(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     store, broker = RedisStore(URL), RedisBroker(URL)
     try:
         replicas = [start_server(tmp / name, "--no-workers", "--broker", URL) for name in ("a", "b")]
-        wait_for(lambda: all(b"receiving from" in log.read_bytes() for log in logs), 120, "workers")
+        wait_until(
+            lambda: all(b"receiving from" in log.read_bytes() for log in logs), 120, "workers", interval=0.1
+        )
         yield System(replicas, workers, tmp, r, store, broker)
     finally:
         for server in replicas:
@@ -233,7 +228,7 @@ def test_a_one_megabyte_input_goes_through_the_claim_check(system: System) -> No
             w.send_signal(signal.SIGCONT)
     doc = httpx.get(f"{b}/api/jobs/{job_id}", params={"wait": 30}, timeout=60).json()
     assert (doc["runtimeStatus"], doc["output"]) == ("Completed", value)  # the result: 1 MB too
-    wait_for(lambda: not system.r.keys("*:blob:*"), 5, "blobs to be deleted after settling")
+    wait_until(lambda: not system.r.keys("*:blob:*"), 5, "blobs to be deleted after settling", interval=0.1)
 
 
 def test_two_thousand_jobs_two_replicas_three_workers_one_killed(system: System) -> None:
@@ -245,7 +240,7 @@ def test_two_thousand_jobs_two_replicas_three_workers_one_killed(system: System)
     held_by_victim: list[int] = []
 
     def kill_mid_run() -> None:
-        wait_for(lambda: system.r.zcard(FINISHED) - baseline >= KILL_AFTER, 120, "jobs to finish", 0.02)
+        wait_until(lambda: system.r.zcard(FINISHED) - baseline >= KILL_AFTER, 120, "jobs to finish")
         victim.kill()
         victim.wait()
         held = 0
@@ -262,16 +257,19 @@ def test_two_thousand_jobs_two_replicas_three_workers_one_killed(system: System)
     assert len(set(ids)) == JOBS
 
     first_seen: dict[str, tuple[str, Any]] = {}  # job → (status, output) when first seen ended
-    deadline = time.monotonic() + 180
-    while len(first_seen) < JOBS:
-        assert time.monotonic() < deadline, f"{JOBS - len(first_seen)} jobs never ended"
+
+    def all_ended() -> bool:
         open_ids = [i for i in ids if i not in first_seen]
         for job_id, status in system.store.statuses(open_ids).items():
             if status.terminal:
                 job = system.store.get(job_id)
                 assert job is not None
                 first_seen[job_id] = (job.status.value, job.output)
-        time.sleep(0.25)
+        return len(first_seen) == JOBS
+
+    wait_until(
+        all_ended, 180, lambda: f"every job to end ({JOBS - len(first_seen)} never did)", interval=0.25
+    )
     ended = time.monotonic() - start
     killer.join(timeout=60)
     print(f"{JOBS} jobs: submitted in {submitted:.1f} s, all ended after {ended:.1f} s")
@@ -327,10 +325,16 @@ def test_poison_is_dead_lettered_and_the_jobs_around_it_complete(tmp_path: Path,
             assert all(status(j, wait=30)["runtimeStatus"] == "Completed" for j in before)
             poison = run("crash", {"boom": True})
             taken = diagnose(r, "the poison to be taken")
-            wait_for(lambda: status(poison)["runtimeStatus"] != "Pending", 30, taken)
-            time.sleep(0.5)  # its worker is dead by now: later jobs cannot share its first batch
+            wait_until(lambda: status(poison)["runtimeStatus"] != "Pending", 30, taken, interval=0.1)
+            # Its worker dies at once; once the supervisor has seen it die, later jobs cannot
+            # share the poison's first batch.
+            wait_until(
+                lambda: "restarting" in server.output(), 30, "the poison's worker to die", interval=0.1
+            )
             after = [run("identity", {"n": i}) for i in range(5, 10)]
-            wait_for(lambda: status(poison)["runtimeStatus"] == "Failed", 90, "the poison to fail", 0.25)
+            wait_until(
+                lambda: status(poison)["runtimeStatus"] == "Failed", 90, "the poison to fail", interval=0.25
+            )
             assert status(poison)["output"]["error"]["code"] == "PoisonMessage", status(poison)
             assert all(status(j, wait=30)["runtimeStatus"] == "Completed" for j in after)
         [dead] = broker.dead_letters(REQUEST_QUEUE)

@@ -198,7 +198,12 @@ def test_a_replica_acts_on_announcements_from_others_only(
         # (the contract: a finish that loses the compare-and-set, or a later wait, is not woken).
         late = a.waiters.register(j.id)
         r.publish(CHANNEL, a.waiters.announcement(j.id))
-        await asyncio.sleep(0.2)
+        # A barrier, not a sleep: A handles announcements in order and wakes futures in order,
+        # so once another replica's announcement published after it has woken its waiter, A's
+        # own has been handled.
+        barrier = a.waiters.register("barrier")
+        r.publish(CHANNEL, "barrier another-replica")
+        await asyncio.wait_for(barrier, timeout=2)
         assert not late.done()
         r.publish(CHANNEL, f"{j.id} another-replica")
         await asyncio.wait_for(late, timeout=2)

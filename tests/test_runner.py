@@ -11,7 +11,7 @@ import pytest
 import torch
 from tritonclient.grpc import model_config_pb2 as pb
 
-from nearline.errors import ConfigError, InvalidInputFailure, ModelError, StepError, UnknownPipeline
+from nearline.errors import ConfigError, InvalidInput, ModelError, StepError, UnknownPipeline
 from nearline.models.build import model_config, save_model
 from nearline.models.repository import ModelRepository
 from nearline.pipelines.runner import PipelineRunner
@@ -106,13 +106,10 @@ def test_one_bad_item_fails_alone(tiny: PipelineRunner) -> None:
     results = tiny.run("double", inputs).results
     assert results[0] == [2.0, 4.0] and results[-1] == [6.0, 8.0]
     assert isinstance(results[1], StepError) and "step 'prepare': RuntimeError: boom" in results[1].message
-    assert isinstance(results[2], InvalidInputFailure) and "KeyError" in results[2].message
-    assert isinstance(results[3], InvalidInputFailure) and "shape [3]" in results[3].message
-    assert isinstance(results[4], InvalidInputFailure) and "ValueError" in results[4].message
-    assert (
-        isinstance(results[5], InvalidInputFailure)
-        and results[5].message == "input: 5 is not of type 'object'"
-    )
+    assert isinstance(results[2], InvalidInput) and "KeyError" in results[2].message
+    assert isinstance(results[3], InvalidInput) and "shape [3]" in results[3].message
+    assert isinstance(results[4], InvalidInput) and "ValueError" in results[4].message
+    assert isinstance(results[5], InvalidInput) and results[5].message == "input: 5 is not of type 'object'"
 
 
 def test_batches_over_max_batch_size_run_in_chunks_in_order(tiny: PipelineRunner) -> None:
@@ -155,7 +152,7 @@ def test_digits_batch_with_a_bad_item(examples: PipelineRunner) -> None:
     outcome = examples.run("digits", [good, {"pixels": [1] * 63}, good])
     first, bad, last = outcome.results
     assert first == last and 0 <= first["label"] <= 9 and len(first["probabilities"]) == 10
-    assert isinstance(bad, InvalidInputFailure) and bad.message.startswith("input.pixels: ")
+    assert isinstance(bad, InvalidInput) and bad.message.startswith("input.pixels: ")
     assert list(outcome.timings) == ["preprocess", "classify", "postprocess"]
 
 

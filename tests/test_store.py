@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from conftest import require_server
 
+from nearline.brokers import open_broker
 from nearline.jobs import JobRecord, JobStatus, error_output
-from nearline.store import StatusStore
+from nearline.store import StatusStore, open_store
 from nearline.store.memory import MemoryStore
 from nearline.store.sqlite import SqliteStore
 
@@ -256,3 +257,11 @@ def test_finish_listeners_hear_each_end_once(store: StatusStore) -> None:
     store.create(JobRecord("l2", "p", None))
     store.finish("l2", JobStatus.COMPLETED, {}, 3.0)
     assert heard == ["l1"]
+
+
+def test_memory_urls_share_one_store_and_one_broker_per_process() -> None:
+    url = f"memory://shared-{uuid.uuid4().hex}"
+    store, broker = open_store(url), open_broker(url)
+    assert open_store(url) is store and open_broker(url) is broker
+    assert isinstance(store, MemoryStore) and store is not broker  # one of each per URL
+    assert open_store(f"{url}-other") is not store

@@ -25,9 +25,11 @@ from sklearn.datasets import load_digits
 from triton_fixture import (  # noqa: F401 - the fixtures register under their names (see that module)
     TritonProcess,
     free_ports,
+    spy_on_retries,
     triton_repository_fixture,
     triton_server_fixture,
 )
+from waiting import wait_until
 
 from nearline.brokers.memory import MemoryBroker
 from nearline.constants import REQUEST_QUEUE, RESPONSE_QUEUE
@@ -39,7 +41,7 @@ from nearline.models.triton_backend import TritonBackend
 from nearline.models.triton_client import DEFAULT_RETRY_S, DEFAULT_TIMEOUT_S, TritonTarget
 from nearline.pipelines.runner import PipelineRunner
 from nearline.pipelines.spec import Catalog, load_pipelines
-from workers.worker import Worker, WorkerConfig
+from nearline.worker import Worker, WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 MIXED = Path(__file__).parent / "data" / "mixed_pipelines.yaml"
@@ -306,7 +308,7 @@ def collect(broker: MemoryBroker, expect: int, timeout: float, linger: float = 0
 @pytest.mark.triton
 @pytest.mark.slow
 def test_queued_jobs_complete_when_triton_returns_within_the_retry_window(
-    outage_triton: TritonProcess, pipelines_file: Path, models_dir: Path
+    outage_triton: TritonProcess, pipelines_file: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broker = MemoryBroker()
     url = f"{outage_triton.grpc_url}?retry_s=30"
@@ -315,8 +317,10 @@ def test_queued_jobs_complete_when_triton_returns_within_the_retry_window(
         send_digits(broker, "before", 4)
         assert {r.status for r in collect(broker, 4, 20)} == {"Completed"}
         outage_triton.stop()
+        retried = spy_on_retries(monkeypatch)
         ids = send_digits(broker, "during", 12)
-        time.sleep(2.0)  # the outage: the worker holds the jobs and retries
+        # The outage: the worker holds the jobs and retries (five tries down, backoff growing).
+        wait_until(lambda: len(retried) >= 5, 20, "the worker to meet the outage and retry")
         assert collect(broker, 0, 0.1, 0) == [], "nothing may settle while Triton is down"
         outage_triton.start()
         got = collect(broker, len(ids), 30)
@@ -363,24 +367,18 @@ def test_queued_jobs_fail_with_a_clear_model_error_when_triton_stays_down(
 def test_nearline_triton_serve_serves_and_stops_on_sigterm(models_dir: Path, tmp_path: Path) -> None:
     http, grpc, metrics = free_ports(3)
     cmd = [sys.executable, "-m", "nearline", "triton", "serve", "--models", str(models_dir)]
-    cmd += [
-        "--only",
-        "digits",
-        "--http-port",
-        str(http),
-        "--grpc-port",
-        str(grpc),
-        "--metrics-port",
-        str(metrics),
-    ]
+    cmd += ["--only", "digits", "--http-port", str(http), "--grpc-port", str(grpc)]
+    cmd += ["--metrics-port", str(metrics)]
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
+
+    def serving() -> bool:
+        assert proc.poll() is None, log.read_text()
+        return f"grpc://127.0.0.1:{grpc}" in log.read_text()
+
     try:
-        deadline = time.monotonic() + 60
-        while f"grpc://127.0.0.1:{grpc}" not in log.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.1)
+        wait_until(serving, 60, lambda: f"the server's gRPC URL in its log:\n{log.read_text()}", interval=0.1)
         backend = TritonBackend(ModelRepository(models_dir), f"grpc://127.0.0.1:{grpc}")
         try:
             backend.load("digits", 1)

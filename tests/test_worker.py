@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pipeline_steps
 import pytest
+from waiting import wait_until
 
 from nearline.brokers.memory import MemoryBroker
 from nearline.constants import REQUEST_QUEUE, RESPONSE_QUEUE
@@ -19,7 +20,7 @@ from nearline.models.repository import ModelRepository
 from nearline.pipelines.runner import PipelineRunner
 from nearline.pipelines.spec import load_pipelines
 from nearline.store.memory import MemoryStore
-from workers.worker import Worker, WorkerConfig
+from nearline.worker import Worker, WorkerConfig
 
 PIPELINES = Path(__file__).parent / "data" / "worker_pipelines.yaml"
 
@@ -63,6 +64,18 @@ def system(runner: PipelineRunner) -> Iterator[tuple[MemoryBroker, MemoryStore, 
     stop.set()
     if thread.is_alive():
         thread.join(10)
+
+
+def batches_started(worker: Worker) -> int:
+    """Batches the worker has begun to compute (the count of its batch-size histogram)."""
+    (histogram,) = worker.metrics.batch_size.collect()
+    return int(next(s.value for s in histogram.samples if s.name.endswith("_count")))
+
+
+def in_flight(worker: Worker) -> int:
+    """Messages the worker has received and not yet settled (its in-flight gauge)."""
+    (gauge,) = worker.metrics.in_flight.collect()
+    return int(gauge.samples[0].value)
 
 
 def start(worker: Worker) -> tuple[threading.Event, threading.Thread]:
@@ -174,7 +187,11 @@ def test_stop_gives_back_what_was_not_started(runner: PipelineRunner) -> None:
     for i in range(5):
         send(broker, f"q{i}", "record", {})
     stop, thread = start(worker)
-    time.sleep(0.2)  # s1 is being computed; the receiver holds the next batch
+    wait_until(
+        lambda: batches_started(worker) == 1 and in_flight(worker) >= 2,
+        10,
+        "s1 to be computed while the receiver holds the next batch",
+    )
     stop.set()
     thread.join(10)
     assert not thread.is_alive()
@@ -224,7 +241,13 @@ def test_a_worker_leases_at_most_the_batch_in_hand_and_one_ahead(runner: Pipelin
         send(broker, f"s{i}", "slow", {"sleep": 0.3})
     stop, thread = start(worker)
     try:
-        time.sleep(0.5)
+        # The first batch is settled and the second computing: its slot has let the receiver
+        # lease the next batch ahead (and a worker that ignored its slots would have leased more).
+        wait_until(
+            lambda: batches_started(worker) >= 2 and in_flight(worker) >= 4,
+            10,
+            "the second batch to be computed with the third received ahead",
+        )
         waiting = len(broker.receive(REQUEST_QUEUE, 100, 0.0))  # what nobody holds a lease on
         settled = 12 - broker.depth(REQUEST_QUEUE)
         assert 12 - settled - waiting <= 4, "two batches of two at most are leased at once"

@@ -17,9 +17,9 @@ from serving import free_port
 from nearline.brokers.sqlite import SqliteBroker
 from nearline.constants import REQUEST_QUEUE
 from nearline.jobs import JobRecord, JobStatus
+from nearline.lifecycle import Lifecycle
 from nearline.messages import RequestMessage
 from nearline.store.sqlite import SqliteStore
-from orchestrations.local import Lifecycle
 
 pytestmark = pytest.mark.slow
 

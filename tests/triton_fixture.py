@@ -15,18 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import IN_CI
+from conftest import unavailable
 from tritonclient.grpc import model_config_pb2 as pb
 
 from nearline.errors import NearlineError
+from nearline.models import triton_client
 from nearline.models.build import model_config, save_model
 
-
-def unavailable(reason: str) -> None:
-    """Skip, or fail under CI, because the Triton server is not usable here."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: the Triton server bundled with nvidia-pytriton must start)")
-    pytest.skip(reason)
+#: What CI must provide for these fixtures (named when a test fails under CI=true without it).
+TRITON = "the Triton server bundled with nvidia-pytriton"
 
 
 def free_ports(n: int) -> list[int]:
@@ -36,6 +33,21 @@ def free_ports(n: int) -> list[int]:
         for s in sockets:
             s.bind(("127.0.0.1", 0))
         return [int(s.getsockname()[1]) for s in sockets]
+
+
+def spy_on_retries(monkeypatch: pytest.MonkeyPatch) -> list[BaseException]:
+    """Every error the Triton client judges "unavailable" (and so retries), from now on."""
+    retried: list[BaseException] = []
+    judge = triton_client.unavailable
+
+    def spy(exc: BaseException) -> bool:
+        verdict = judge(exc)
+        if verdict:
+            retried.append(exc)
+        return verdict
+
+    monkeypatch.setattr(triton_client, "unavailable", spy)
+    return retried
 
 
 class DropRow(torch.nn.Module):
@@ -65,7 +77,7 @@ class TritonProcess:
         try:
             from nearline.triton.server import serve_repository
         except ImportError as exc:
-            unavailable(f"pytriton is not installed: {exc}")
+            unavailable(TRITON, f"pytriton is not installed: {exc}")
         stack = contextlib.ExitStack()
         try:
             stack.enter_context(
@@ -79,7 +91,7 @@ class TritonProcess:
             )
         except NearlineError as exc:
             stack.close()
-            unavailable(f"Triton did not start: {exc.message}")
+            unavailable(TRITON, f"Triton did not start: {exc.message}")
         self._stack = stack
 
     def stop(self) -> None:

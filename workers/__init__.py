@@ -1,1 +1,1 @@
-"""Scoring workers: ``python -m workers --broker URL``. They run without the Functions host."""
+"""The worker program, ``python -m workers --broker URL``; the worker itself is :mod:`nearline.worker`."""

@@ -1,7 +1,7 @@
-"""``python -m workers``."""
+"""``python -m workers``: the scoring worker program (what the Kubernetes Deployments run)."""
 
 import sys
 
-from workers.cli import main
+from nearline.worker.cli import main
 
 sys.exit(main())

@@ -1,5 +1,5 @@
-"""The HTTP API of DESIGN §2 (Starlette): thin adapters over :class:`nearline.service.JobService`."""
+"""The HTTP contract (docs/api.md) on Starlette: a thin adapter over :mod:`nearline.http`."""
 
-from nearline.api.app import ApiConfig, create_app
+from nearline.api.app import create_app
 
-__all__ = ["ApiConfig", "create_app"]
+__all__ = ["create_app"]

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from nearline.brokers.base import Broker, DeadLetter, Delivery, LeaseLost
 from nearline.errors import ConfigError
 
-__all__ = ["Broker", "DeadLetter", "Delivery", "LeaseLost", "open_broker", "scheme_of"]
+__all__ = ["Broker", "DeadLetter", "Delivery", "LeaseLost", "open_broker", "scheme_of", "shared_instance"]
+
+T = TypeVar("T")
 
 #: scheme → "module:Class". Modules are imported on first use so that a profile's client
 #: libraries (redis, azure-servicebus) are needed only where that profile runs.
@@ -31,9 +35,9 @@ BROKER_ALIASES = {
     "servicebus": "nearline.brokers.servicebus:ServiceBusBroker",
 }
 
-# memory:// brokers of one name are shared in a process: that is what makes an embedded
-# server's API and its worker threads one system.
-_shared: dict[str, Broker] = {}
+# memory:// backends (brokers and status stores) of one URL are shared in a process: that is
+# what makes an embedded server's API and its worker threads one system.
+_shared: dict[tuple[Callable[[str], Any], str], Any] = {}
 _shared_lock = threading.Lock()
 
 
@@ -54,13 +58,20 @@ def load_class(spec: str) -> type:
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
+def shared_instance(url: str, factory: Callable[[str], T]) -> T:
+    """The process's one ``factory(url)``, made on first use: how ``memory://`` backends share.
+
+    One instance per ``(factory, url)``: the broker and the status store of one URL are two.
+    """
+    with _shared_lock:
+        key = (factory, url)
+        if key not in _shared:
+            _shared[key] = factory(url)
+        return _shared[key]  # type: ignore[no-any-return]
+
+
 def open_broker(url: str) -> Broker:
     """Open the broker ``url`` names; ``memory://`` URLs return the process's shared instance."""
     scheme = scheme_of(url)
     cls = load_class(BROKER_ALIASES[scheme])
-    if scheme != "memory":
-        return cls(url)  # type: ignore[no-any-return]
-    with _shared_lock:
-        if url not in _shared:
-            _shared[url] = cls(url)
-        return _shared[url]
+    return shared_instance(url, cls) if scheme == "memory" else cls(url)  # type: ignore[no-any-return]

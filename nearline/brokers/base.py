@@ -2,8 +2,9 @@
 
 Semantics every backend guarantees (the contract suite in ``tests/test_brokers.py`` checks them):
 
-* ``send`` is idempotent on ``message_id`` while a message with that id is queued or leased
-  (Service Bus duplicate detection; the others keep the id unique).
+* ``send_many`` (and ``send``, the same for one message) is idempotent on ``message_id`` while
+  a message with that id is queued or leased (Service Bus duplicate detection; the others keep
+  the id unique).
 * ``receive`` hands out up to ``max_messages`` messages, each leased for ``lease_s`` seconds:
   invisible to other receivers until completed, abandoned, dead-lettered or the lease expires,
   after which it is delivered again with ``delivery_count`` one higher. Lanes are drained in
@@ -60,7 +61,6 @@ class Broker(abc.ABC):
     #: The URL this broker was opened with (credentials removed).
     url: str = ""
 
-    @abc.abstractmethod
     def send(
         self,
         queue: str,
@@ -70,11 +70,10 @@ class Broker(abc.ABC):
         lane: str = DEFAULT_LANE,
         ttl_s: float | None = None,
     ) -> None:
-        """Enqueue ``body``. A message still queued with the same id makes this a no-op.
+        """Enqueue ``body``: :meth:`send_many` of one message."""
+        self.send_many(queue, [(message_id, body)], lane=lane, ttl_s=ttl_s)
 
-        ``ttl_s``, when given, lets the broker drop the message unreceived after that long.
-        """
-
+    @abc.abstractmethod
     def send_many(
         self,
         queue: str,
@@ -83,13 +82,13 @@ class Broker(abc.ABC):
         lane: str = DEFAULT_LANE,
         ttl_s: float | None = None,
     ) -> None:
-        """:meth:`send` each ``(message_id, body)``; backends that can do it in one round trip do.
+        """Enqueue each ``(message_id, body)``, in one round trip where the backend can.
 
-        A worker publishes a batch's results with this. Not atomic: after an error, some of the
-        messages may have been sent (sending them again is harmless: send is idempotent).
+        A message still queued with the same id makes its send a no-op. ``ttl_s``, when given,
+        lets the broker drop a message unreceived after that long. A worker publishes a batch's
+        results with this. Not atomic on every backend: after an error, some of the messages
+        may have been sent (sending them again is harmless: send is idempotent).
         """
-        for message_id, body in messages:
-            self.send(queue, body, message_id=message_id, lane=lane, ttl_s=ttl_s)
 
     @abc.abstractmethod
     def receive(
@@ -123,16 +122,16 @@ class Broker(abc.ABC):
         """Move a leased message to the dead-letter store with ``reason``."""
 
     @abc.abstractmethod
-    def renew(self, delivery: Delivery, lease_s: float = LEASE_S) -> None:
-        """Extend a lease that is still held (long batches)."""
-
-    @abc.abstractmethod
     def depth(self, queue: str) -> int:
         """Messages waiting or leased on ``queue`` across all lanes."""
 
     @abc.abstractmethod
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        """The oldest dead-lettered messages of ``queue`` (for operators and tests)."""
+        """The oldest dead-lettered messages of ``queue``.
+
+        Part of the contract although nothing in the scoring path reads it: it is how operator
+        tools list what was dead-lettered and why (the tests check it too).
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to close
         """Release connections. The broker is unusable afterwards."""

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nearline.brokers.base import Broker, DeadLetter, Delivery, LeaseLost
@@ -55,28 +56,27 @@ class MemoryBroker(Broker):
     def _queue(self, name: str) -> _Queue:
         return self._queues.setdefault(name, _Queue())
 
-    def send(
+    def send_many(
         self,
         queue: str,
-        body: bytes,
+        messages: Sequence[tuple[str, bytes]],
         *,
-        message_id: str,
         lane: str = DEFAULT_LANE,
         ttl_s: float | None = None,
     ) -> None:
         if lane not in LANES:
             raise ValueError(f"unknown lane {lane!r}; expected one of {LANES}")
         now = time.time()
+        expires_at = None if ttl_s is None else now + ttl_s
         with self._cond:
             q = self._queue(queue)
-            old = q.messages.get(message_id)
-            if old is not None:
-                if not _expired(old, now):
-                    return
-                del q.messages[message_id]  # expired: it must not swallow this send
-            q.messages[message_id] = _Message(
-                message_id, body, lane, now, None if ttl_s is None else now + ttl_s, next(self._seq)
-            )
+            for message_id, body in messages:
+                old = q.messages.get(message_id)
+                if old is not None:
+                    if not _expired(old, now):
+                        continue
+                    del q.messages[message_id]  # expired: it must not swallow this send
+                q.messages[message_id] = _Message(message_id, body, lane, now, expires_at, next(self._seq))
             self._cond.notify_all()
 
     def receive(
@@ -137,10 +137,6 @@ class MemoryBroker(Broker):
             q = self._queue(delivery.queue)
             del q.messages[delivery.message_id]
             q.dead.append(DeadLetter(delivery.queue, m.message_id, m.body, reason, m.delivery_count))
-
-    def renew(self, delivery: Delivery, lease_s: float = LEASE_S) -> None:
-        with self._cond:
-            self._held(delivery).visible_at = time.time() + lease_s
 
     def depth(self, queue: str) -> int:
         with self._cond:

@@ -131,9 +131,9 @@ end
 return {cursors, out, last, length}
 """
 
-#: KEYS: lane stream, dead-letter stream. ARGV: group, op (complete|abandon|renew|dead),
-#: entry id, delivery count, consumer, horizon ms, lease ms (renew), queue prefix, lane,
-#: message id, reason (dead), dead-letter stream's approximate cap.
+#: KEYS: lane stream, dead-letter stream. ARGV: group, op (complete|abandon|dead), entry id,
+#: delivery count, consumer, horizon ms, queue prefix, lane, message id, reason (dead),
+#: dead-letter stream's approximate cap.
 #: Returns 1 when done, 0 when the lease is no longer held (nothing changed).
 SETTLE = """
 local group, op, entry, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -142,19 +142,17 @@ local p = redis.call('XPENDING', KEYS[1], group, entry, entry, 1)[1]
 if not p or p[2] ~= ARGV[5] or tostring(p[4]) ~= count or tonumber(p[3]) >= horizon then
   return 0
 end
-if op == 'renew' or op == 'abandon' then
-  local idle = horizon
-  if op == 'renew' then idle = horizon - tonumber(ARGV[7]) end
-  redis.call('XCLAIM', KEYS[1], group, ARGV[5], 0, entry, 'IDLE', tostring(idle), 'JUSTID')
+if op == 'abandon' then
+  redis.call('XCLAIM', KEYS[1], group, ARGV[5], 0, entry, 'IDLE', tostring(horizon), 'JUSTID')
   return 1
 end
-local prefix, lane, mid = ARGV[8], ARGV[9], ARGV[10]
+local prefix, lane, mid = ARGV[7], ARGV[8], ARGV[9]
 if op == 'dead' then
   local row = redis.call('XRANGE', KEYS[1], entry, entry)[1]
   local f = row and fields_of(row[2]) or {}
   local body = f['body']
   if f['blob'] == '1' then body = redis.call('GET', prefix .. ':blob:' .. mid) end
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[12], '*', 'id', mid, 'reason', ARGV[11],
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[11], '*', 'id', mid, 'reason', ARGV[10],
     'count', count, 'lane', lane, 'body', body or '')
 end
 drop(prefix, group, lane, entry, mid)

@@ -20,8 +20,8 @@ which also raises the delivery count in the pending list), then new ones (XREADG
 batches of ``COUNT``; when nothing is there it blocks on all three streams at once (XREAD
 BLOCK). A lease is the pending entry's idle clock: leasing for L seconds sets the idle time to
 ``LEASE_HORIZON_S - L``, so ``XAUTOCLAIM min-idle-time=LEASE_HORIZON_S`` hands the message to
-another consumer exactly L seconds later; ``renew`` resets it (XCLAIM IDLE JUSTID, which keeps
-the count) and ``abandon`` sets it to the horizon (claimable at once). The lease token is
+another consumer exactly L seconds later; ``abandon`` sets it to the horizon (XCLAIM IDLE JUSTID,
+which keeps the count: claimable at once). The lease token is
 ``entry id/delivery count/consumer``, checked against XPENDING before any settle, so a stale
 lease raises :class:`LeaseLost` and changes nothing. ``complete`` is XACK + XDEL: completed
 entries do not accumulate, and ``depth`` is the streams' XLEN (waiting + leased). Expired
@@ -152,17 +152,6 @@ class RedisBroker(Broker):
 
     # -- sending ------------------------------------------------------------------------
 
-    def send(
-        self,
-        queue: str,
-        body: bytes,
-        *,
-        message_id: str,
-        lane: str = DEFAULT_LANE,
-        ttl_s: float | None = None,
-    ) -> None:
-        self.send_many(queue, [(message_id, body)], lane=lane, ttl_s=ttl_s)
-
     def send_many(
         self,
         queue: str,
@@ -263,17 +252,14 @@ class RedisBroker(Broker):
 
     # -- settling -----------------------------------------------------------------------
 
-    def _settle_args(
-        self, d: Delivery, op: str, lease_s: float = 0.0, reason: str = ""
-    ) -> tuple[list[str], list[Any]]:
+    def _settle_args(self, d: Delivery, op: str, reason: str = "") -> tuple[list[str], list[Any]]:
         entry, count, consumer = d.lease_token.split("/", 2)
-        lease_ms = max(min(int(lease_s * 1000), _HORIZON_MS), 1)
         keys = [stream_key(d.queue, d.lane), dead_key(d.queue)]
-        args = [GROUP, op, entry, count, consumer, _HORIZON_MS, lease_ms, d.queue, d.lane, d.message_id]
+        args = [GROUP, op, entry, count, consumer, _HORIZON_MS, d.queue, d.lane, d.message_id]
         return keys, [*args, reason, DEAD_LETTER_MAXLEN]
 
-    def _settle(self, d: Delivery, op: str, lease_s: float = 0.0, reason: str = "") -> None:
-        keys, args = self._settle_args(d, op, lease_s, reason)
+    def _settle(self, d: Delivery, op: str, reason: str = "") -> None:
+        keys, args = self._settle_args(d, op, reason)
         if not self._call(d.queue, lambda: self._script("settle", keys, args)):
             raise LeaseLost(f"lease on message {d.message_id} in {d.queue} is no longer held")
 
@@ -299,9 +285,6 @@ class RedisBroker(Broker):
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._settle(delivery, "dead", reason=reason)
-
-    def renew(self, delivery: Delivery, lease_s: float = LEASE_S) -> None:
-        self._settle(delivery, "renew", lease_s=lease_s)
 
     # -- inspection ---------------------------------------------------------------------
 

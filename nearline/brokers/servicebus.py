@@ -108,17 +108,6 @@ class ServiceBusBroker(Broker):
 
     # -- sending
 
-    def send(
-        self,
-        queue: str,
-        body: bytes,
-        *,
-        message_id: str,
-        lane: str = DEFAULT_LANE,
-        ttl_s: float | None = None,
-    ) -> None:
-        self.send_many(queue, [(message_id, body)], lane=lane, ttl_s=ttl_s)
-
     def send_many(
         self,
         queue: str,
@@ -218,12 +207,7 @@ class ServiceBusBroker(Broker):
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._settle(delivery, lambda r, m: r.dead_letter_message(m, reason=reason[:MAX_REASON]))
 
-    def renew(self, delivery: Delivery, lease_s: float = LEASE_S) -> None:
-        self._settle(delivery, lambda r, m: r.renew_message_lock(m), extend_s=lease_s)
-
-    def _settle(
-        self, delivery: Delivery, op: Callable[[Any, Any], Any], extend_s: float | None = None
-    ) -> None:
+    def _settle(self, delivery: Delivery, op: Callable[[Any, Any], Any]) -> None:
         from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError, ServiceBusError
 
         token = delivery.lease_token
@@ -233,10 +217,7 @@ class ServiceBusBroker(Broker):
                 raise LeaseLost(
                     f"lease on message {delivery.message_id} in {delivery.queue} is no longer held"
                 )
-            if extend_s is None:
-                del self._held[token]  # ours alone now: the keeper will not abandon it
-            else:
-                lease.ends_at = time.monotonic() + extend_s
+            del self._held[token]  # ours alone now: the keeper will not abandon it
         try:
             with lease.guard:
                 op(lease.receiver, lease.message)
@@ -245,9 +226,8 @@ class ServiceBusBroker(Broker):
                 self._held.pop(token, None)
             raise LeaseLost(f"lease on {delivery.message_id} in {delivery.queue} was lost") from exc
         except ServiceBusError as exc:
-            if extend_s is None:
-                with self._cond:
-                    self._held.setdefault(token, lease)  # still held: the caller may retry
+            with self._cond:
+                self._held.setdefault(token, lease)  # still held: the caller may retry
             raise BrokerError(f"Service Bus: could not settle message {delivery.message_id}: {exc}") from exc
 
     # -- the lease keeper: ends leases on time, keeps locks alive while leases last

@@ -82,7 +82,7 @@ def lane_queue(queue: str, lane: str) -> str:
 def outgoing(
     queue: str, body: bytes, *, message_id: str, lane: str, ttl_s: float | None, now: float | None = None
 ) -> dict[str, Any]:
-    """Keyword arguments of the ``ServiceBusMessage`` for one send (DESIGN §3 properties).
+    """Keyword arguments of the ``ServiceBusMessage`` for one send (docs/api.md, Wire messages: properties).
 
     A TTL goes to Service Bus rounded *up* to whole seconds (the SDK truncates it to seconds, which
     would turn 0.5 s into "no TTL") and, exactly, as the ``expires_at`` application property

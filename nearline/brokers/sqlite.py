@@ -54,6 +54,7 @@ SELECT (SELECT count(*) FROM messages WHERE queue = ?)
 """
 _HELD = "queue = ? AND message_id = ? AND lease_token = ? AND visible_at > ?"
 _COMPLETE = f"DELETE FROM messages WHERE {_HELD}"
+_ABANDON = f"UPDATE messages SET visible_at = 0, lease_token = NULL WHERE {_HELD}"
 _INSERT = """
 INSERT OR IGNORE INTO messages (queue, message_id, lane, body, enqueued_at, expires_at)
 VALUES (?, ?, ?, ?, ?, ?)
@@ -100,24 +101,6 @@ class SqliteBroker(Broker):
         self._signal = _signal(self._db.path)
         self._purged: dict[str, float] = {}
 
-    def send(
-        self,
-        queue: str,
-        body: bytes,
-        *,
-        message_id: str,
-        lane: str = DEFAULT_LANE,
-        ttl_s: float | None = None,
-    ) -> None:
-        now = time.time()
-        [row] = _rows(queue, [(message_id, body)], lane, ttl_s, now)
-        count, _ = self._db.execute_write(_INSERT, row)  # one statement: the API's hot path
-        if count == 0:  # the id is taken; by an expired message, it must not swallow this send
-            with self._db.write() as conn:
-                conn.execute(_EXPIRED_ID, (queue, message_id, now, now))
-                conn.execute(_INSERT, row)
-        self._signal.notify()
-
     def send_many(
         self,
         queue: str,
@@ -126,19 +109,23 @@ class SqliteBroker(Broker):
         lane: str = DEFAULT_LANE,
         ttl_s: float | None = None,
     ) -> None:
+        """All of ``messages`` in one transaction: every one of them is sent, or none is."""
         now = time.time()
         rows = _rows(queue, messages, lane, ttl_s, now)
         if not rows:
             return
-        with self._db.write() as conn:
-            conn.execute("SAVEPOINT send")
-            if conn.executemany(_INSERT, rows).rowcount < len(rows):
-                # Some ids are taken: drop those taken by expired messages (as in send), then
-                # insert the whole batch again so that it keeps its order.
-                conn.execute("ROLLBACK TO send")
-                conn.executemany(_EXPIRED_ID, [(queue, row[1], now, now) for row in rows])
-                conn.executemany(_INSERT, rows)
-            conn.execute("RELEASE send")
+        # One message whose id is free: one statement, no explicit transaction (the API's hot path).
+        if len(rows) > 1 or self._db.execute_write(_INSERT, rows[0])[0] != 1:
+            with self._db.write() as conn:
+                conn.execute("SAVEPOINT send")
+                if conn.executemany(_INSERT, rows).rowcount < len(rows):
+                    # Some ids are taken: drop those taken by expired messages (they must not
+                    # swallow this send), then insert the whole batch again so that it keeps
+                    # its order.
+                    conn.execute("ROLLBACK TO send")
+                    conn.executemany(_EXPIRED_ID, [(queue, row[1], now, now) for row in rows])
+                    conn.executemany(_INSERT, rows)
+                conn.execute("RELEASE send")
         self._signal.notify()
 
     def receive(
@@ -204,17 +191,10 @@ class SqliteBroker(Broker):
         return lost
 
     def abandon(self, delivery: Delivery) -> None:
-        self._update_held(delivery, "visible_at = 0, lease_token = NULL")
-        self._signal.notify()
-
-    def renew(self, delivery: Delivery, lease_s: float = LEASE_S) -> None:
-        self._update_held(delivery, "visible_at = ?", time.time() + lease_s)
-
-    def _update_held(self, d: Delivery, assignments: str, *values: object) -> None:
-        args = (*values, *_held_args(d, time.time()))
-        count, _ = self._db.execute_write(f"UPDATE messages SET {assignments} WHERE {_HELD}", args)
+        count, _ = self._db.execute_write(_ABANDON, _held_args(delivery, time.time()))
         if count != 1:
-            raise _lost(d)
+            raise _lost(delivery)
+        self._signal.notify()
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         now = time.time()

@@ -1,15 +1,17 @@
-"""Errors the client raises, a branch of :class:`nearline.errors.NearlineError`.
+"""Errors the client raises: a tree of their own, rooted at :class:`ClientError`.
 
 The server-side classes in :mod:`nearline.errors` (``Unauthorized``, ``Overloaded``, ...) are
 what the API *raises*; the classes here are what a client *receives*. They are kept apart, with
-an ``Api`` prefix, so that code running on both sides (a pipeline step that calls another
-nearline, a test) never confuses "I refused this request" with "the server refused mine", and so
-that the API's error handler never turns a client error into a response by accident. All of
-them carry the server's ``code`` and ``message``; ``str(exc)`` is one readable line.
+an ``Api`` prefix and a root that is not :class:`nearline.errors.NearlineError`, so that code
+running on both sides (a pipeline step that calls another nearline, a test) never confuses "I
+refused this request" with "the server refused mine", and so that the API's error handler never
+turns a client error into a response (it would be an unexpected 500, not the client's 404). All
+of them carry the server's ``code`` and ``message``; ``str(exc)`` is one readable line.
+:func:`nearline.errors.exit_code` maps them to exit statuses too.
 
 ::
 
-    NearlineError
+    Exception
     └── ClientError
         ├── ConnectionFailed            the server could not be reached
         ├── ApiError                    the server answered 4xx/5xx ({"error": {code, message}})
@@ -32,13 +34,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from nearline.errors import NearlineError
 
+class ClientError(Exception):
+    """Base of the errors raised by :mod:`nearline.client`.
 
-class ClientError(NearlineError):
-    """Base of the errors raised by :mod:`nearline.client`."""
+    Attributes:
+        code: A stable code: the server's ``error.code`` where the server sent one.
+        message: The message alone (``str(exc)`` may add the status or the job id).
+    """
 
     code = "ClientError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class ConnectionFailed(ClientError):

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tritonclient.grpc import model_config_pb2 as pb
 
+from nearline.constants import MODELS_DIR
 from nearline.errors import ConfigError, NearlineError
 from nearline.examples import digits, topics
 from nearline.models.repository import CONFIG_FILE, MODEL_FILE, read_config, write_config
@@ -266,26 +267,25 @@ def _install(scratch: Path, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``nearline models build [--out DIR] [--only MODEL ...]``; returns the exit status."""
+    """``nearline models build [--out DIR] [--only MODEL ...]``; returns the exit status
+    (:func:`nearline.errors.exit_code`: 1 for a model not good enough to ship, 2 for a bad
+    ``--out``)."""
+    from nearline.cli import fail
+
     parser = argparse.ArgumentParser(
         prog="nearline models build", description="Build the example model repository."
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("models"), help="repository folder (default: models)"
+        "--out", type=Path, default=Path(MODELS_DIR), help=f"repository folder (default: {MODELS_DIR})"
     )
     parser.add_argument("--only", action="append", choices=MODELS, help="build only this model (repeatable)")
     args = parser.parse_args(argv)
     try:
         build(args.out, args.only or MODELS)
-    except BuildFailed as exc:
-        print(f"nearline models build: {exc.message}", file=sys.stderr)
-        return 1
-    except ConfigError as exc:
-        print(f"nearline models build: {exc.message}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"nearline models build: {exc.filename or args.out}: {exc.strerror}", file=sys.stderr)
-        return 2
+    except (NearlineError, OSError, KeyboardInterrupt) as exc:
+        if isinstance(exc, OSError) and not exc.filename:
+            exc.filename = str(args.out)
+        return fail(parser.prog, exc)
     return 0
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from nearline.errors import (
     ConfigError,
-    InvalidInputFailure,
+    InvalidInput,
     JobFailure,
     ModelError,
     NearlineError,
@@ -53,7 +53,7 @@ class BatchOutcome:
 
     Attributes:
         results: One per input, same order: the job output, or a :class:`JobFailure`
-            (``InvalidInputFailure``, ``StepError``, ``ModelError``) for an item that failed.
+            (``InvalidInput``, ``StepError``, ``ModelError``) for an item that failed.
         timings: Step name → milliseconds the step took for the whole batch.
     """
 
@@ -107,7 +107,7 @@ class _FunctionCall:
         if isinstance(exc, JobFailure):
             return exc
         if isinstance(exc, (RequestError, *INPUT_ERRORS)):
-            return InvalidInputFailure(f"step '{self.name}': {type(exc).__name__}: {exc}")
+            return InvalidInput(f"step '{self.name}': {type(exc).__name__}: {exc}")
         return StepError(f"step '{self.name}': {type(exc).__name__}: {exc}")
 
 
@@ -147,9 +147,9 @@ class _ModelCall:
             try:
                 row = np.asarray(value[key], dtype=tensor.dtype)
             except (TypeError, ValueError) as exc:
-                raise InvalidInputFailure(f"step '{self.name}': {key}: {exc}") from None
+                raise InvalidInput(f"step '{self.name}': {key}: {exc}") from None
             if not tensor.accepts(row.shape):
-                raise InvalidInputFailure(
+                raise InvalidInput(
                     f"step '{self.name}': {key} has shape {list(row.shape)}; model input {tensor.name} takes "
                     f"{list(tensor.dims)}"
                 )
@@ -243,7 +243,7 @@ class PipelineRunner:
             try:
                 spec.validate(value)
             except RequestError as exc:
-                batch.fail([i], InvalidInputFailure(exc.message))
+                batch.fail([i], InvalidInput(exc.message))
         timings = {}
         for call in self._plans[pipeline]:
             started = time.perf_counter()

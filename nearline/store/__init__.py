@@ -2,14 +2,13 @@
 
 ``memory://`` → :mod:`nearline.store.memory`; ``sqlite:///file`` → :mod:`nearline.store.sqlite`
 (the broker's file); ``redis://`` → :mod:`nearline.store.redis_hashes`. Service Bus has no
-store: on Azure, Durable Functions' instance state is the store.
+store: on Azure, Durable Functions' instance state is the store. ``memory://`` stores of one URL
+are one per process (:func:`nearline.brokers.shared_instance`), like the brokers.
 """
 
 from __future__ import annotations
 
-import threading
-
-from nearline.brokers import load_class, scheme_of
+from nearline.brokers import load_class, scheme_of, shared_instance
 from nearline.errors import ConfigError
 from nearline.store.base import StatusStore
 
@@ -21,9 +20,6 @@ STORE_ALIASES = {
     "redis": "nearline.store.redis_hashes:RedisStore",
 }
 
-_shared: dict[str, StatusStore] = {}
-_shared_lock = threading.Lock()
-
 
 def open_store(url: str) -> StatusStore:
     """Open the status store kept beside the broker at ``url``."""
@@ -33,9 +29,4 @@ def open_store(url: str) -> StatusStore:
             f"{scheme}:// has no status store here (on Azure, Durable Functions keeps job state)"
         )
     cls = load_class(STORE_ALIASES[scheme])
-    if scheme != "memory":
-        return cls(url)  # type: ignore[no-any-return]
-    with _shared_lock:
-        if url not in _shared:
-            _shared[url] = cls(url)
-        return _shared[url]
+    return shared_instance(url, cls) if scheme == "memory" else cls(url)  # type: ignore[no-any-return]

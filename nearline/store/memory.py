@@ -1,4 +1,8 @@
-"""In-process status store: ``memory://``. Nothing survives the process."""
+"""In-process status store: ``memory://``. Nothing survives the process.
+
+:func:`nearline.store.open_store` hands every caller in a process the same store for one URL,
+as :func:`nearline.brokers.open_broker` does the broker.
+"""
 
 from __future__ import annotations
 

@@ -26,7 +26,6 @@ Memory (measured, Redis 7.0): a finished record takes ~1.5 KB for a digits or to
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -34,9 +33,9 @@ from typing import Any
 import redis
 
 from nearline.brokers.redis_streams import connect
-from nearline.constants import ENV_RETENTION_S, RETENTION_S
 from nearline.errors import BrokerError, ConfigError
 from nearline.jobs import JobRecord, JobStatus
+from nearline.settings import RedisSettings
 from nearline.store.base import StatusStore
 from nearline.store.redis_lua import SCRIPTS
 from nearline.store.redis_wakeups import Wakeups, channel_for
@@ -147,7 +146,9 @@ class RedisStore(StatusStore):
 
 
 def _retention(arg: float | None, url_option: str | None) -> float:
-    raw: Any = arg if arg is not None else url_option or os.environ.get(ENV_RETENTION_S) or RETENTION_S
+    if arg is None and not url_option:
+        return float(RedisSettings.from_env().retention_s)  # validated when loaded
+    raw: Any = arg if arg is not None else url_option
     try:
         value = float(raw)
     except ValueError:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import os
 import shutil
 import signal
@@ -28,7 +27,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +37,14 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
-from nearline.constants import ENV_MODELS
+from nearline import constants as c
+from nearline.addresses import is_loopback
 from nearline.errors import ConfigError, NearlineError
 from nearline.models.repository import ModelRepository, ModelSpec
 from nearline.models.torch_backend import TorchBackend
+from nearline.settings import TritonSettings, add_flags, with_flags
 
-#: Triton's own default ports; ``nearline triton serve`` uses them unless told otherwise.
-HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+PROG = "nearline triton serve"
 #: Where Triton writes the model copies it leaves behind when stopped at once.
 _TRITON_TMP = Path("/tmp")
 
@@ -100,10 +100,10 @@ class LocalTriton:
 def serve_repository(
     models_dir: str | Path,
     *,
-    host: str = "127.0.0.1",
-    http_port: int = HTTP_PORT,
-    grpc_port: int = GRPC_PORT,
-    metrics_port: int = METRICS_PORT,
+    host: str = c.TRITON_HOST,
+    http_port: int = c.TRITON_HTTP_PORT,
+    grpc_port: int = c.TRITON_GRPC_PORT,
+    metrics_port: int = c.TRITON_METRICS_PORT,
     models: Sequence[str] | None = None,
 ) -> Iterator[LocalTriton]:
     """Serve the repository's models with a real Triton server while the block runs.
@@ -132,19 +132,10 @@ def serve_repository(
     scratch = Path(tempfile.mkdtemp(prefix="nearline-triton-"))
     workspace = scratch / "workspace"
     log_file = scratch / "tritonserver.log"
-    config = TritonConfig(
-        http_address=host,
-        http_port=http_port,
-        grpc_address=host,
-        grpc_port=grpc_port,
-        metrics_address=host,
-        metrics_port=metrics_port,
-        exit_timeout_secs=0,
-        log_file=log_file,
-    )
+    config = _triton_config(host, http_port, grpc_port, metrics_port, log_file)
     # On loopback nothing is restricted (the statistics endpoint answers without a token); on any
     # other address pytriton's default holds: model-repository, statistics... need its random token.
-    security = TritonSecurityConfig(restricted_endpoints=[]) if _loopback(host) else TritonSecurityConfig()
+    security = TritonSecurityConfig(restricted_endpoints=[]) if is_loopback(host) else TritonSecurityConfig()
     backend = TorchBackend(repository)
     triton: Triton | None = None
     try:
@@ -162,6 +153,22 @@ def serve_repository(
         backend.close()
         _remove_model_copies(workspace)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _triton_config(
+    host: str, http_port: int, grpc_port: int, metrics_port: int, log_file: Path
+) -> TritonConfig:
+    """Every endpoint on ``host``; stopped at once (``exit_timeout_secs=0``: ~1 s, not ~4 s)."""
+    return TritonConfig(
+        http_address=host,
+        http_port=http_port,
+        grpc_address=host,
+        grpc_port=grpc_port,
+        metrics_address=host,
+        metrics_port=metrics_port,
+        exit_timeout_secs=0,
+        log_file=log_file,
+    )
 
 
 @contextlib.contextmanager
@@ -225,13 +232,6 @@ def _infer_func(backend: TorchBackend, spec: ModelSpec, version: int) -> Callabl
     return infer
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def _check_port_free(host: str, port: int) -> None:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine for a listener
@@ -259,46 +259,50 @@ def _remove_model_copies(workspace: Path) -> None:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
+def triton_settings(
+    argv: list[str] | None = None, environ: Mapping[str, str] | None = None
+) -> TritonSettings:
+    """``nearline triton serve``'s settings: the environment's, with the flags in ``argv`` over them."""
+    settings = TritonSettings.from_env(environ)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Serve the model repository with a local Triton server."
+    )
+    add_flags(parser, settings)
+    return with_flags(settings, parser.parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     """``nearline triton serve [--models DIR] [--host H] [--http-port P] [--grpc-port P] [--metrics-port P]``.
 
     Serves until SIGINT or SIGTERM, then stops Triton and exits 0; exits 1 when Triton dies or
-    cannot start, 2 on a usage error.
+    cannot start, 2 on a usage error (:func:`nearline.errors.exit_code`).
     """
-    parser = argparse.ArgumentParser(
-        prog="nearline triton serve", description="Serve the model repository with a local Triton server."
-    )
-    parser.add_argument("--models", type=Path, default=Path(os.environ.get(ENV_MODELS, "models")))
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--http-port", type=int, default=HTTP_PORT)
-    parser.add_argument("--grpc-port", type=int, default=GRPC_PORT)
-    parser.add_argument("--metrics-port", type=int, default=METRICS_PORT)
-    parser.add_argument("--only", action="append", metavar="MODEL", help="serve only this model (repeatable)")
-    args = parser.parse_args(argv)
+    from nearline.cli import fail
+
+    try:
+        return _serve_until_stopped(triton_settings(argv))
+    except (NearlineError, OSError, KeyboardInterrupt) as exc:
+        return fail(PROG, exc)
+
+
+def _serve_until_stopped(settings: TritonSettings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    try:
-        with serve_repository(
-            args.models,
-            host=args.host,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port,
-            models=args.only,
-        ) as server:
-            _print_banner(server, args.models)
-            while not stop.wait(1.0):
-                if not server.is_alive():
-                    print("nearline triton serve: tritonserver exited", file=sys.stderr)
-                    return 1
-    except TritonStartError as exc:
-        print(f"nearline triton serve: {exc.message}", file=sys.stderr)
-        return 1
-    except ConfigError as exc:
-        print(f"nearline triton serve: {exc.message}", file=sys.stderr)
-        return 2
-    print("nearline triton serve: stopped", flush=True)
+    with serve_repository(
+        settings.models,
+        host=settings.host,
+        http_port=settings.http_port,
+        grpc_port=settings.grpc_port,
+        metrics_port=settings.metrics_port,
+        models=settings.only,
+    ) as server:
+        _print_banner(server, settings.models)
+        while not stop.wait(1.0):
+            if not server.is_alive():
+                print(f"{PROG}: tritonserver exited", file=sys.stderr)
+                return 1
+    print(f"{PROG}: stopped", flush=True)
     return 0
 
 

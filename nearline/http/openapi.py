@@ -110,7 +110,7 @@ def _score_operation(name: str, description: str, input_schema: dict[str, Any]) 
 
 
 def openapi_document(catalog: Catalog, server_url: str) -> dict[str, Any]:
-    """OpenAPI 3.1 for every route of DESIGN §2, with one score path per pipeline."""
+    """OpenAPI 3.1 for the routes of docs/api.md (Routes), with one score path per pipeline."""
     paths: dict[str, Any] = {
         f"/api/score/{p.name}": _score_operation(p.name, p.description, p.input_schema) for p in catalog
     }

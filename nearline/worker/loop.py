@@ -27,8 +27,8 @@ from nearline.constants import LEASE_S, MAX_BATCH, MAX_DELIVERIES, MAX_WAIT_MS, 
 from nearline.errors import NearlineError, StepError
 from nearline.messages import ResultMessage
 from nearline.store.base import StatusStore
-from workers.hooks import Hook, Work, default_hooks
-from workers.metrics import WorkerMetrics
+from nearline.worker.hooks import Hook, Work, default_hooks
+from nearline.worker.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
     from nearline.pipelines.runner import PipelineRunner

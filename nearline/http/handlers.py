@@ -1,0 +1,212 @@
+"""Every route of the HTTP contract (docs/api.md), answered over the job seam.
+
+A framework adapter builds a :class:`Request`, calls :meth:`Handlers.handle` with a route name
+from :data:`ROUTES`, and writes the :class:`Response` it gets back: the status codes, headers,
+bodies, key checks, error mapping and metrics are decided here, once, for every profile
+(kserve's one ``DataPlane`` under thin REST and gRPC endpoints).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from nearline import __version__
+from nearline.constants import RETRY_AFTER_S
+from nearline.errors import NearlineError, Unauthorized, http_error
+from nearline.http.metrics import ApiMetrics
+from nearline.http.openapi import openapi_document
+from nearline.jobs import JobRecord, job_urls, poll_headers, status_document
+from nearline.service import Jobs
+from nearline.submissions import parse_wait
+
+log = logging.getLogger("nearline.api")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of the contract. ``name`` is the handler's and the metrics label's."""
+
+    method: str
+    path: str
+    name: str
+    auth: bool = True
+
+
+#: The contract's routes. Adapters register each of them (Azure: all but ``metrics``).
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/api/score/{pipeline}", "score"),
+    Route("GET", "/api/jobs/{id}", "status"),
+    Route("DELETE", "/api/jobs/{id}", "purge"),
+    Route("POST", "/api/jobs/{id}/terminate", "terminate"),
+    Route("GET", "/api/pipelines", "pipelines"),
+    Route("GET", "/api/health", "health", auth=False),
+    Route("GET", "/api/openapi.json", "openapi", auth=False),
+    Route("GET", "/metrics", "metrics", auth=False),
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a handler reads of an HTTP request.
+
+    Attributes:
+        base_url: ``scheme://host[:port]`` as the client sees it, without a trailing slash.
+        params: Path parameters (``pipeline``, ``id``).
+        query: Query parameters.
+        headers: Request headers; lookups must be case-insensitive (both frameworks' are).
+        read_body: Reads the body, raising :class:`~nearline.errors.PayloadTooLarge` past the
+            limit it is given (streamed where the framework can).
+    """
+
+    base_url: str
+    params: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    read_body: Callable[[int], Awaitable[bytes]] | None = None
+
+
+@dataclass(frozen=True)
+class Response:
+    """What an adapter writes: ``body`` as JSON, or ``content`` as is, or nothing."""
+
+    status: int
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content: bytes | None = None
+    media_type: str = "application/json"
+
+
+class Handlers:
+    """The contract's handlers over one :class:`~nearline.service.Jobs`.
+
+    Args:
+        jobs: The job seam.
+        api_keys: Keys a request must carry (``x-functions-key`` or ``?code=``) on routes with
+            ``auth``; empty: no keys (on Azure the Functions host checks them instead).
+        metrics: Where requests are counted; None: not counted.
+    """
+
+    def __init__(
+        self, jobs: Jobs, *, api_keys: tuple[str, ...] = (), metrics: ApiMetrics | None = None
+    ) -> None:
+        self.jobs = jobs
+        self.api_keys = api_keys
+        self.api_metrics = metrics
+        self._routes = {r.name: r for r in ROUTES}
+
+    async def handle(self, name: str, request: Request) -> Response:
+        """Answer ``request`` on route ``name``: errors become their responses, never raise."""
+        route = self._routes[name]
+        started = time.perf_counter()
+        try:
+            if route.auth:
+                authorize(request, self.api_keys)
+            response = await getattr(self, name)(request)
+        except NearlineError as exc:
+            if exc.status >= 500:
+                log.warning("%s %s: %s", route.method, route.path, exc.message)
+            response = error_response(exc)
+        except Exception:
+            log.exception("%s %s failed", route.method, route.path)
+            response = error_response(NearlineError("internal error; see the server log"))
+        if self.api_metrics is not None:
+            self.api_metrics.requests.labels(name, str(response.status)).inc()
+            self.api_metrics.latency.labels(name).observe(time.perf_counter() - started)
+        return response
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def score(self, request: Request) -> Response:
+        pipeline = request.params.get("pipeline", "")
+        wait = parse_wait(request.query.get("wait"))
+        assert request.read_body is not None, "the adapter must pass read_body on score"
+        body = await request.read_body(self.jobs.max_body)
+        job, created = await self.jobs.submit(pipeline, body, request.headers.get("idempotency-key"))
+        if created and self.api_metrics is not None:
+            self.api_metrics.submitted.labels(pipeline).inc()
+        if wait is not None:
+            job = job if job.status.terminal else await self._current(job.id, wait)
+            if job.status.terminal:
+                return Response(200, status_document(job))
+        return Response(202, self._urls(request, job.id), self._poll_headers(request, job.id))
+
+    async def status(self, request: Request) -> Response:
+        job_id = request.params.get("id", "")
+        job = await self._current(job_id, parse_wait(request.query.get("wait")))
+        if job.status.terminal:
+            return Response(200, status_document(job))
+        return Response(202, status_document(job), self._poll_headers(request, job.id))
+
+    async def terminate(self, request: Request) -> Response:
+        job_id = request.params.get("id", "")
+        await self.jobs.terminate(job_id, request.query.get("reason", ""))
+        return Response(202, headers=self._poll_headers(request, job_id))
+
+    async def purge(self, request: Request) -> Response:
+        deleted = await self.jobs.purge(request.params.get("id", ""))
+        return Response(200, {"instancesDeleted": deleted})
+
+    # -- the rest -------------------------------------------------------------------------
+
+    async def pipelines(self, request: Request) -> Response:
+        return Response(200, self.jobs.catalog.document())
+
+    async def health(self, request: Request) -> Response:
+        return Response(200, {"status": "ok", "version": __version__, **await self.jobs.health()})
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(200, openapi_document(self.jobs.catalog, request.base_url))
+
+    async def metrics(self, request: Request) -> Response:
+        if self.api_metrics is None:
+            return error_response(NearlineError("metrics are not collected here"))
+        depth = await self.jobs.queue_depth()
+        if depth is not None:
+            self.api_metrics.depth.set(depth)
+        return Response(
+            200, content=generate_latest(self.api_metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _current(self, job_id: str, wait: float | None) -> JobRecord:
+        """The job as it is now, or, with ``wait``, once it ends or the wait runs out."""
+        if not wait:
+            return await self.jobs.get(job_id)
+        if self.api_metrics is not None:
+            self.api_metrics.waiting.inc()
+        try:
+            return await self.jobs.wait(job_id, wait)
+        finally:
+            if self.api_metrics is not None:
+                self.api_metrics.waiting.dec()
+
+    def _urls(self, request: Request, job_id: str) -> dict[str, str]:
+        return job_urls(request.base_url, job_id, request.query.get("code"))
+
+    def _poll_headers(self, request: Request, job_id: str) -> dict[str, str]:
+        return poll_headers(self._urls(request, job_id), RETRY_AFTER_S)
+
+
+def authorize(request: Request, keys: tuple[str, ...]) -> None:
+    """Azure Functions' conventions: header ``x-functions-key`` or query ``code``."""
+    if not keys:
+        return
+    given = request.headers.get("x-functions-key") or request.query.get("code")
+    if not given:
+        raise Unauthorized("an API key is required: header x-functions-key or query parameter code")
+    if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+        raise Unauthorized("the API key is not valid")
+
+
+def error_response(exc: NearlineError) -> Response:
+    """The error as a response (shape and headers from :func:`nearline.errors.http_error`)."""
+    body, status, headers = http_error(exc)
+    return Response(status, body, headers)

@@ -1,0 +1,19 @@
+"""The API's Prometheus metrics: requests by route and status, latency, submissions, long-polls."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ApiMetrics:
+    """One registry per app, so several apps in one process (tests) never collide."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("nearline_api_requests", "HTTP requests", ["route", "status"], registry=r)
+        self.latency = Histogram(
+            "nearline_api_request_seconds", "HTTP request latency", ["route"], registry=r
+        )
+        self.submitted = Counter("nearline_api_jobs_submitted", "Jobs accepted", ["pipeline"], registry=r)
+        self.depth = Gauge("nearline_queue_depth", "Request queue depth", registry=r)
+        self.waiting = Gauge("nearline_api_long_polls", "Long-polls waiting", registry=r)

@@ -1,0 +1,393 @@
+"""Settings: every environment variable nearline reads, in one table, and the frozen settings
+each program runs with.
+
+:data:`VARIABLES` is the table: each :class:`Var` is a name, a parser (its type and limits), a
+default, a help line and the programs that read it. README.md's "Configuration" section
+documents it (``tests/test_settings.py`` holds the two together); the defaults themselves live
+in :mod:`nearline.constants`.
+
+A settings class is a frozen dataclass whose fields say where each value comes from: a variable
+(:func:`env`), a flag only (:func:`flag`), or another settings class (:func:`nested`).
+:func:`load` (every class's ``from_env``) is the one place the environment is read, and a bad
+value is a :class:`~nearline.errors.ConfigError` naming the variable. Command lines derive
+their flags from the same fields (:func:`add_flags`): a flag shows the value loaded from the
+environment as its default, and a flag given wins (:func:`with_flags`).
+"""
+
+# env(), flag() and nested() return dataclasses.field(); ruff cannot see through them.
+# ruff: noqa: RUF009
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import Field, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nearline import constants as c
+from nearline.errors import ConfigError
+from nearline.examples import PIPELINES_FILE
+
+#: Turns a variable's or flag's text into its value; raises ``ValueError`` saying what is wrong.
+Parse = Callable[[str], Any]
+
+
+# --- parsers ------------------------------------------------------------------------------
+
+
+def text(raw: str) -> str:
+    """Any text."""
+    return raw
+
+
+def path(raw: str) -> Path:
+    """A file or folder."""
+    return Path(raw)
+
+
+def keys(raw: str) -> tuple[str, ...]:
+    """A comma-separated list; blanks around and between items are dropped."""
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def switch(raw: str) -> bool:
+    """A flag without a value (``store_true``); never given text."""
+    raise ValueError("takes no value")
+
+
+def whole(minimum: int, maximum: int | None = None) -> Parse:
+    """A whole number in ``[minimum, maximum]``."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("not a whole number") from None
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be <= {maximum}")
+        return value
+
+    return parse
+
+
+def number(minimum: float, *, inclusive: bool = True) -> Parse:
+    """A number at least (``inclusive``) or above ``minimum``."""
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("not a number") from None
+        if value != value or value < minimum or (value == minimum and not inclusive):
+            raise ValueError(f"must be {'>=' if inclusive else '>'} {minimum:g}")
+        return value
+
+    return parse
+
+
+class OneOf:
+    """One of a few words (argparse shows them as the flag's choices)."""
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def __call__(self, raw: str) -> str:
+        if raw not in self.choices:
+            raise ValueError(f"must be one of {', '.join(self.choices)}")
+        return raw
+
+
+# --- the table ----------------------------------------------------------------------------
+
+SERVE, WORKER, TRITON, FUNCTIONS, CLIENT = "serve", "worker", "triton", "functions", "client"
+
+
+@dataclass(frozen=True)
+class Var:
+    """One environment variable: a row of the table.
+
+    Attributes:
+        name: The variable (the Kubernetes manifests set exactly these).
+        parse: Its type and limits.
+        default: The value when it is unset or empty.
+        help: What it sets, in a few words.
+        programs: The programs that read it (``serve`` includes the workers it starts).
+    """
+
+    name: str
+    parse: Parse
+    default: Any
+    help: str
+    programs: tuple[str, ...]
+
+    def read(self, environ: Mapping[str, str]) -> Any:
+        """Its value in ``environ``; unset or empty (a ConfigMap's blank entry) is the default."""
+        raw = environ.get(self.name, "").strip()
+        if not raw:
+            return self.default
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{self.name}={raw!r}: {exc}") from None
+
+
+# One row a variable: name, type and limits, default, help, the programs that read it.
+_S, _SW, _SWF = (SERVE,), (SERVE, WORKER), (SERVE, WORKER, FUNCTIONS)
+_URLS = "queue / store URL: sqlite:///FILE (serve: in the data dir), memory://, redis://HOST:6379/0, ..."
+_PORT_HELP = "port of /healthz, /readyz, /metrics (0: pick a free one; -1: none)"
+_TRITON_HELP = "Triton server, e.g. grpc://127.0.0.1:8001 or http://127.0.0.1:8000"
+_SECONDS = number(0, inclusive=False)
+BROKER = Var("NEARLINE_BROKER", text, None, _URLS, _SWF)
+DATA_DIR = Var("NEARLINE_DATA_DIR", path, Path(c.DATA_DIR), "data directory (the SQLite queue)", _S)
+MODELS = Var("NEARLINE_MODELS", path, Path(c.MODELS_DIR), "model repository", (SERVE, WORKER, TRITON))
+PIPELINES = Var("NEARLINE_PIPELINES", path, PIPELINES_FILE, "pipelines file", _SWF)
+API_KEYS = Var("NEARLINE_API_KEYS", keys, (), "API keys, comma-separated (none: no auth)", _S)
+MAX_QUEUE_DEPTH = Var("NEARLINE_MAX_QUEUE_DEPTH", whole(1), c.MAX_QUEUE_DEPTH, "request queue limit", _S)
+RETENTION_S = Var("NEARLINE_RETENTION_S", _SECONDS, c.RETENTION_S, "terminal job retention (s)", _SW)
+MAX_BATCH = Var("NEARLINE_MAX_BATCH", whole(1), c.MAX_BATCH, "largest micro-batch", _SW)
+MAX_WAIT_MS = Var("NEARLINE_MAX_WAIT_MS", number(0), c.MAX_WAIT_MS, "batch-fill wait (ms)", _SW)
+LEASE_S = Var("NEARLINE_LEASE_S", _SECONDS, c.LEASE_S, "lease (lock) duration (s)", _SW)
+MAX_DELIVERIES = Var(
+    "NEARLINE_MAX_DELIVERIES", whole(1), c.MAX_DELIVERIES, "deliveries, then dead-letter", _SW
+)
+WORKER_PORT = Var("NEARLINE_WORKER_PORT", whole(-1, 65535), c.WORKER_PORT, _PORT_HELP, (WORKER,))
+MODEL_BACKEND = Var("NEARLINE_MODEL_BACKEND", OneOf("torch", "triton"), None, "for every model step", _SW)
+TRITON_URL = Var("NEARLINE_TRITON_URL", text, None, _TRITON_HELP, _SW)
+CLAIM_CHECK_BYTES = Var(
+    "NEARLINE_CLAIM_CHECK_BYTES", whole(0), c.CLAIM_CHECK_BYTES, "claim check (0: off)", _SW
+)
+URL = Var("NEARLINE_URL", text, f"http://{c.HTTP_HOST}:{c.HTTP_PORT}", "API base URL", (CLIENT,))
+KEY = Var("NEARLINE_KEY", text, None, "API key (x-functions-key)", (CLIENT,))
+
+#: Every environment variable nearline reads.
+VARIABLES: tuple[Var, ...] = (
+    BROKER, DATA_DIR, MODELS, PIPELINES, API_KEYS, MAX_QUEUE_DEPTH, RETENTION_S, MAX_BATCH, MAX_WAIT_MS,
+    LEASE_S, MAX_DELIVERIES, WORKER_PORT, MODEL_BACKEND, TRITON_URL, CLAIM_CHECK_BYTES, URL, KEY
+)  # fmt: skip
+
+
+# --- fields, loading, flags ---------------------------------------------------------------
+
+_OPTION, _NESTED = "nearline.option", "nearline.nested"
+S = TypeVar("S", bound="Settings")
+
+
+@dataclass(frozen=True)
+class Option:
+    """Where a field's value comes from: a variable, a flag, or both."""
+
+    parse: Parse
+    help: str
+    var: Var | None = None
+    flag: str | None = None
+    repeat: bool = False
+    metavar: str | None = None
+
+
+def option_of(f: Field[Any]) -> Option | None:
+    """Where the settings field ``f`` comes from (None: set by the program, not configured)."""
+    return f.metadata.get(_OPTION)
+
+
+def env(var: Var, flag: str | None = None) -> Any:
+    """A field read from ``var`` (and given by ``flag``, when there is one)."""
+    return field(default=var.default, metadata={_OPTION: Option(var.parse, var.help, var, flag)})
+
+
+def flag(
+    name: str, default: Any, parse: Parse, help: str, *, repeat: bool = False, metavar: str | None = None
+) -> Any:
+    """A field given only by the flag ``name`` (``repeat``: the flag may be given more than once)."""
+    return field(default=default, metadata={_OPTION: Option(parse, help, None, name, repeat, metavar)})
+
+
+def nested(cls: type[Settings]) -> Any:
+    """A field holding another settings class, loaded with it."""
+    return field(default_factory=cls, metadata={_NESTED: cls})
+
+
+class Settings:
+    """Base of the settings classes (frozen dataclasses): ``from_env`` loads one."""
+
+    @classmethod
+    def from_env(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
+        """These settings from ``environ`` (default: the process environment); see :func:`load`."""
+        return load(cls, environ)
+
+
+def load(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
+    """The one place settings are read from the environment.
+
+    Raises:
+        ConfigError: A variable's value is not of its type or out of its limits; the message
+            names the variable and the value.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if _NESTED in f.metadata:
+            values[f.name] = load(f.metadata[_NESTED], environ)
+        elif (option := option_of(f)) is not None and option.var is not None:
+            values[f.name] = option.var.read(environ)
+    return cls(**values)
+
+
+def add_flags(
+    parser: argparse.ArgumentParser,
+    current: Settings,
+    *,
+    only: Collection[str] | None = None,
+    prefix: str = "",
+) -> None:
+    """Add the flags of ``current``'s fields (those named in ``only``) to ``parser``.
+
+    Each flag's default is the field's value in ``current`` (settings loaded from the
+    environment, so a flag given overrides the variable); it lands in the namespace as
+    ``prefix + field``, where :func:`with_flags` finds it.
+    """
+    for f in fields(current):  # type: ignore[arg-type]
+        option = option_of(f)
+        if option is None or option.flag is None or (only is not None and f.name not in only):
+            continue
+        value = getattr(current, f.name)
+        kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": value, "help": _help(option, value)}
+        if option.parse is switch:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = _flag_type(option.parse)
+            if isinstance(option.parse, OneOf):
+                kwargs["choices"] = option.parse.choices
+            else:  # the field's name, not the dotted dest
+                kwargs["metavar"] = option.metavar or f.name.upper()
+            if option.repeat:
+                kwargs["action"] = "append"
+        parser.add_argument(option.flag, **kwargs)
+
+
+def with_flags(current: S, args: argparse.Namespace, *, prefix: str = "") -> S:
+    """``current`` with the flags given in ``args`` (see :func:`add_flags`) put over it."""
+    given = vars(args)
+    changes: dict[str, Any] = {}
+    for f in fields(current):  # type: ignore[arg-type]
+        if _NESTED in f.metadata:
+            changes[f.name] = with_flags(getattr(current, f.name), args, prefix=f"{prefix}{f.name}.")
+        elif prefix + f.name in given:
+            value = given[prefix + f.name]
+            changes[f.name] = tuple(value) if isinstance(value, list) else value
+    return replace(current, **changes)  # type: ignore[type-var]
+
+
+def _flag_type(parse: Parse) -> Parse:
+    def convert(raw: str) -> Any:
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{raw!r}: {exc}") from None
+
+    return convert
+
+
+def _help(option: Option, value: Any) -> str:
+    if option.parse is switch:
+        return option.help
+    shown = "none" if value is None or value == () else value
+    source = f"; env {option.var.name}" if option.var is not None else ""
+    return f"{option.help} (default: {shown}{source})".replace("%", "%%")
+
+
+# --- the settings -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerSettings(Settings):
+    """A scoring worker (``python -m workers``, and each worker ``nearline serve`` starts).
+
+    ``torch_threads`` is not configured: ``nearline serve`` sets it to share the cores out
+    between its workers (a worker sets ``OMP_NUM_THREADS`` from it unless that is set already).
+    """
+
+    broker: str | None = env(BROKER, "--broker")
+    models: Path = env(MODELS, "--models")
+    pipelines: Path = env(PIPELINES, "--pipelines")
+    max_batch: int = env(MAX_BATCH, "--max-batch")
+    max_wait_ms: float = env(MAX_WAIT_MS, "--max-wait-ms")
+    lease_s: float = env(LEASE_S, "--lease-s")
+    max_deliveries: int = env(MAX_DELIVERIES, "--max-deliveries")
+    port: int = env(WORKER_PORT, "--port")
+    host: str = flag("--host", c.WORKER_HOST, text, "address of the health/metrics endpoint")
+    model_backend: str | None = env(MODEL_BACKEND, "--model-backend")
+    triton_url: str | None = env(TRITON_URL, "--triton-url")
+    name: str | None = flag("--name", None, text, "worker name in result messages")
+    torch_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class ApiSettings(Settings):
+    """The HTTP API of the embedded and Redis profiles (what ``nearline serve`` serves)."""
+
+    api_keys: tuple[str, ...] = env(API_KEYS)
+    max_queue_depth: int = env(MAX_QUEUE_DEPTH, "--max-queue-depth")
+    max_body: int = flag("--max-body", c.MAX_BODY_BYTES, whole(1), "largest request body in bytes")
+
+
+@dataclass(frozen=True)
+class ServeSettings(Settings):
+    """``nearline serve``: its own settings, the API's and its workers' (whose broker and
+    pipelines the API shares)."""
+
+    host: str = flag("--host", c.HTTP_HOST, text, "address to listen on")
+    port: int = flag("--port", c.HTTP_PORT, whole(0, 65535), "port to listen on")
+    data_dir: Path = env(DATA_DIR, "--data-dir")
+    workers: int = flag("--workers", c.SERVE_WORKERS, whole(0), "worker processes (threads for memory://)")
+    no_workers: bool = flag("--no-workers", False, switch, "API and lifecycle only (workers run elsewhere)")
+    insecure: bool = flag("--insecure", False, switch, "allow a non-loopback address without API keys")
+    retention_s: float = env(RETENTION_S, "--retention-s")
+    api: ApiSettings = nested(ApiSettings)
+    worker: WorkerSettings = nested(WorkerSettings)
+
+    @property
+    def broker_url(self) -> str:
+        """The broker: the one configured, else a SQLite file in the data directory."""
+        return self.worker.broker or f"sqlite:///{(self.data_dir / 'nearline.db').resolve()}"
+
+
+@dataclass(frozen=True)
+class TritonSettings(Settings):
+    """``nearline triton serve``."""
+
+    models: Path = env(MODELS, "--models")
+    host: str = flag("--host", c.TRITON_HOST, text, "address to bind (loopback only unless told)")
+    http_port: int = flag("--http-port", c.TRITON_HTTP_PORT, whole(0, 65535), "KServe v2 HTTP port")
+    grpc_port: int = flag("--grpc-port", c.TRITON_GRPC_PORT, whole(0, 65535), "KServe v2 gRPC port")
+    metrics_port: int = flag("--metrics-port", c.TRITON_METRICS_PORT, whole(0, 65535), "metrics port")
+    only: tuple[str, ...] | None = flag(
+        "--only", None, text, "serve only this model (repeatable)", repeat=True, metavar="MODEL"
+    )
+
+
+@dataclass(frozen=True)
+class FunctionsSettings(Settings):
+    """The Azure Functions app (``function_app.py``): its broker and its pipelines."""
+
+    broker: str | None = env(BROKER)
+    pipelines: Path = env(PIPELINES)
+
+
+@dataclass(frozen=True)
+class RedisSettings(Settings):
+    """What the Redis broker and status store read beside their URL's options."""
+
+    claim_check_bytes: int = env(CLAIM_CHECK_BYTES)
+    retention_s: float = env(RETENTION_S)
+
+
+@dataclass(frozen=True)
+class ClientSettings(Settings):
+    """The client commands (``nearline submit``, ``status``, ``terminate``, ``pipelines``)."""
+
+    url: str = env(URL, "--url")
+    key: str | None = env(KEY, "--key")

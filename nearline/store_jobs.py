@@ -1,0 +1,136 @@
+"""The job seam over a broker and a status store: the embedded and Redis profiles.
+
+A job is a record in the store and a message on the request queue; the lifecycle
+(:mod:`nearline.lifecycle`) ends it from the response queue. Blocking store and broker calls run
+in a worker thread, so the event loop of the HTTP server never waits on a disk or a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+from nearline.brokers.base import Broker
+from nearline.constants import MAX_BODY_BYTES, MAX_QUEUE_DEPTH, REQUEST_QUEUE, RETRY_AFTER_S
+from nearline.errors import BrokerError, JobGone, JobNotFound, Overloaded
+from nearline.jobs import JobRecord, JobStatus
+from nearline.service import Jobs
+from nearline.store.base import StatusStore
+from nearline.submissions import request_message
+
+if TYPE_CHECKING:
+    from nearline.pipelines.spec import Catalog
+
+
+class StoreJobs(Jobs):
+    """Jobs kept in ``store`` and queued on ``broker``.
+
+    Args:
+        catalog: The pipelines a client may call.
+        broker: Where request messages go.
+        store: Where job records live.
+        max_queue_depth: Submissions are refused with 503 while the request queue holds more.
+        max_body: Largest accepted request body in bytes.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        broker: Broker,
+        store: StatusStore,
+        *,
+        max_queue_depth: int = MAX_QUEUE_DEPTH,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
+        super().__init__(max_body=max_body)
+        self._catalog = catalog
+        self.broker = broker
+        self.store = store
+        self.max_queue_depth = max_queue_depth
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    async def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        return await asyncio.to_thread(self.create_now, job)
+
+    def create_now(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        """:meth:`create`, blocking the calling thread (for callers without an event loop)."""
+        if job.idempotency_key is not None:
+            existing = self.store.get(job.id)
+            if existing is not None:
+                return existing, False
+        depth = self.broker.depth(REQUEST_QUEUE)
+        if depth >= self.max_queue_depth:
+            raise Overloaded(
+                f"request queue holds {depth} messages (limit {self.max_queue_depth}); retry later",
+                retry_after=RETRY_AFTER_S,
+            )
+        job, created = self.store.create(job)
+        if not created:
+            return job, False
+        try:
+            self.broker.send(
+                REQUEST_QUEUE,
+                request_message(job).to_json(),
+                message_id=job.id,
+                lane=job.priority,
+                ttl_s=_ttl(job),
+            )
+        except Exception as exc:
+            # Nothing half-written: a job whose message never made it must not linger Pending.
+            self.store.delete(job.id)
+            raise BrokerError(f"could not enqueue job {job.id}: {exc}") from exc
+        return job, True
+
+    async def get(self, job_id: str) -> JobRecord:
+        return await asyncio.to_thread(self._get, job_id)
+
+    def _get(self, job_id: str) -> JobRecord:
+        job = self.store.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return job
+
+    async def wait(self, job_id: str, timeout: float) -> JobRecord:
+        """Wakes as soon as the store reports the job's end (no polling loop here)."""
+        fut = self.store.waiters.register(job_id)
+        try:
+            job = await self.get(job_id)
+            if job.status.terminal or timeout <= 0:
+                return job
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, timeout)
+            return await self.get(job_id)
+        finally:
+            self.store.waiters.discard(job_id, fut)
+
+    async def terminate(self, job_id: str, reason: str = "") -> None:
+        await asyncio.to_thread(self._terminate, job_id, reason)
+
+    def _terminate(self, job_id: str, reason: str) -> None:
+        job = self._get(job_id)
+        if job.status.terminal or not self.store.finish(job_id, JobStatus.TERMINATED, reason, time.time()):
+            raise JobGone(f"job {job_id} already ended ({self._get(job_id).status.value})")
+
+    async def purge(self, job_id: str) -> int:
+        if not await asyncio.to_thread(self.store.delete, job_id):
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return 1
+
+    async def health(self) -> dict[str, Any]:
+        return {"queueDepth": await self.queue_depth()}
+
+    async def queue_depth(self) -> int | None:
+        return await asyncio.to_thread(self.broker.depth, REQUEST_QUEUE)
+
+
+def _ttl(job: JobRecord) -> float | None:
+    """Seconds the request message is worth keeping: until the deadline, plus a minute so the
+    worker (not the broker) is the one that reports ``DeadlineExceeded``."""
+    if job.deadline is None:
+        return None
+    return max(job.deadline - time.time(), 0.0) + 60.0

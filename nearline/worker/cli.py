@@ -1,0 +1,190 @@
+"""``python -m workers`` / ``nearline worker``: run one scoring worker process.
+
+Every flag falls back to an environment variable (:class:`~nearline.settings.WorkerSettings`),
+so a Kubernetes Deployment configures workers with a ConfigMap alone. :func:`run_worker` is the
+worker for a set of settings: this program's ``main`` calls it, and so does every worker process
+``nearline serve`` spawns (:func:`run_spawned`, handed the frozen settings, not flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, MutableMapping
+from typing import TYPE_CHECKING
+
+from nearline.errors import ConfigError, NearlineError
+from nearline.settings import BROKER, WorkerSettings, add_flags, with_flags
+
+if TYPE_CHECKING:
+    from nearline.pipelines.runner import PipelineRunner
+    from nearline.worker.loop import WorkerConfig
+
+log = logging.getLogger("nearline.worker")
+
+PROG = "python -m workers"
+#: prctl(2) option: the signal this process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def build_parser(settings: WorkerSettings, prog: str = PROG) -> argparse.ArgumentParser:
+    """The worker's flags, their defaults taken from ``settings``."""
+    parser = argparse.ArgumentParser(prog=prog, description="Run a nearline scoring worker.")
+    add_flags(parser, settings)
+    return parser
+
+
+def worker_settings(
+    argv: list[str] | None = None, environ: Mapping[str, str] | None = None, prog: str = PROG
+) -> WorkerSettings:
+    """The worker's settings: the environment's, with the flags in ``argv`` over them."""
+    settings = WorkerSettings.from_env(environ)
+    return with_flags(settings, build_parser(settings, prog).parse_args(argv))
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """``python -m workers [flags]``; returns the exit status."""
+    from nearline.cli import fail
+
+    try:
+        settings = worker_settings(argv, prog=prog)
+        _log_to_stderr()
+        return run_worker(settings)
+    except (NearlineError, OSError, KeyboardInterrupt) as exc:
+        return fail(prog, exc)
+
+
+def run_spawned(settings: WorkerSettings, parent: int) -> None:
+    """A worker process ``nearline serve`` spawned: bound to ``parent``, then :func:`run_worker`.
+
+    Exits with the worker's status (a failure is one line on stderr, as ``python -m workers``).
+    """
+    from nearline.cli import fail
+
+    die_with_parent(parent)
+    share_cores(settings.torch_threads)
+    _log_to_stderr()
+    try:
+        status = run_worker(settings)
+    except (NearlineError, OSError, KeyboardInterrupt) as exc:
+        status = fail(f"nearline serve: {settings.name or 'worker'}", exc)
+    sys.exit(status)
+
+
+def die_with_parent(parent: int) -> None:
+    """Get SIGTERM when ``parent`` dies, even by SIGKILL (Linux); exit now if it already has.
+
+    The check after ``prctl`` closes the race with a parent that died before it was called.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        log.warning("the server (pid %d) is gone; not starting", parent)
+        sys.exit(0)
+
+
+def share_cores(threads: int | None, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Give torch ``threads`` intra-op threads, unless ``OMP_NUM_THREADS`` is set already.
+
+    Runs before torch is imported (torch reads ``OMP_NUM_THREADS`` once, at import); where it
+    already is, its thread count is set directly.
+    """
+    if threads is None or "OMP_NUM_THREADS" in environ:
+        return
+    environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules and environ is os.environ:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def worker_config(settings: WorkerSettings) -> WorkerConfig:
+    """The worker loop's configuration from ``settings``."""
+    from nearline.worker.loop import WorkerConfig
+
+    return WorkerConfig(
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        lease_s=settings.lease_s,
+        max_deliveries=settings.max_deliveries,
+    )
+
+
+def open_runner(settings: WorkerSettings) -> PipelineRunner:
+    """The pipelines of ``settings`` over its model repository (models not loaded yet)."""
+    from nearline.models.repository import ModelRepository
+    from nearline.pipelines.runner import PipelineRunner
+    from nearline.pipelines.spec import load_pipelines
+
+    return PipelineRunner(
+        load_pipelines(settings.pipelines),
+        ModelRepository(settings.models),
+        backend=settings.model_backend,
+        triton_url=settings.triton_url,
+    )
+
+
+def run_worker(settings: WorkerSettings) -> int:
+    """Run a worker until SIGTERM or SIGINT, then finish the batch in hand; returns 0.
+
+    Raises:
+        ConfigError: No broker, or a pipelines file, model or backend that cannot be used.
+    """
+    from nearline.brokers import open_broker
+    from nearline.store import open_store
+    from nearline.worker.health import start_health_server
+    from nearline.worker.loop import Worker
+
+    if not settings.broker:
+        raise ConfigError(f"no broker: pass --broker URL or set {BROKER.name}")
+    runner = open_runner(settings)
+    broker = open_broker(settings.broker)
+    try:
+        store = open_store(settings.broker)
+    except ConfigError:
+        store = None  # Service Bus: job state lives in Durable Functions
+    config = worker_config(settings)
+    worker = Worker(broker, runner, store=store, config=config, name=settings.name)
+    stop = threading.Event()
+    health = None
+    if settings.port >= 0:
+        health = start_health_server(
+            settings.host, settings.port, worker.metrics.registry, worker.ready.is_set
+        )
+        log.info("health and metrics on http://%s:%d/", settings.host, health.server_address[1])
+    runner.warm()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: finishing the batch in hand, then exiting", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "worker %s receiving from %s (batch %d, wait %g ms)",
+        worker.name,
+        broker.url,
+        config.max_batch,
+        config.max_wait_ms,
+    )
+    try:
+        worker.run(stop)
+    finally:
+        if health is not None:
+            health.shutdown()
+            health.server_close()
+        broker.close()
+        if store is not None:
+            store.close()
+    log.info("worker %s stopped", worker.name)
+    return 0
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,115 @@
+"""The job seam over Durable Functions instances: the Azure profile.
+
+A job is a ``score_job`` orchestration instance whose id is the job id; Durable keeps its state,
+so there is no status store. Reading a job is one ``get_status`` (one read of the task hub's
+Instances table); waiting polls it, starting fast for short jobs and backing off to a bound that
+keeps a long-poll's extra latency under a quarter second.
+
+Queue depth: no 503 here (see docs/azure.md): reading Service Bus runtime properties on every
+submit needs the Manage right and a management-plane round trip, and Service Bus bounds a queue
+itself (its maximum size), which fails the ``enqueue`` activity and so the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from nearline.constants import MAX_BODY_BYTES
+from nearline.errors import BrokerError, JobGone, JobNotFound, NearlineError
+from nearline.jobs import JobRecord
+from nearline.pipelines.spec import Catalog
+from nearline.service import Jobs
+from orchestrations.azure_status import (
+    SCORING_ORCHESTRATOR,
+    DurableClient,
+    is_terminal,
+    job_record,
+    job_status,
+    orchestrator_input,
+)
+
+POLL_FIRST_S = 0.05
+POLL_MAX_S = 0.25
+
+
+class DurableJobs(Jobs):
+    """Jobs as Durable orchestration instances, through one request's durable client.
+
+    Args:
+        client: The request's durable client (None on routes bound without one: they read only
+            the catalog).
+        catalog: Loads the pipelines catalog (on first use, inside the handler's error handling).
+    """
+
+    def __init__(
+        self,
+        client: DurableClient | None,
+        catalog: Callable[[], Catalog],
+        *,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
+        super().__init__(max_body=max_body)
+        self._client = client
+        self._catalog = catalog
+
+    @property
+    def client(self) -> DurableClient:
+        if self._client is None:
+            raise NearlineError("this function is bound without a durable client")
+        return self._client
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog()
+
+    async def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        # Durable's start_new silently replaces a finished instance with the same id: look first.
+        if job.idempotency_key is not None:
+            existing = await self.client.get_status(job.id, show_input=True)
+            if existing:
+                return job_record(existing), False
+        try:
+            await self.client.start_new(SCORING_ORCHESTRATOR, job.id, orchestrator_input(job))
+        except Exception as exc:  # the durable client raises bare Exceptions with the host's message
+            # With an Idempotency-Key, a concurrent twin request may have started the same
+            # instance between our lookup and this call: the extension refuses to replace it.
+            if job.idempotency_key is not None:
+                twin = await self.client.get_status(job.id, show_input=True)
+                if twin:
+                    return job_record(twin), False
+            raise BrokerError(f"could not start job {job.id}: {exc}") from exc
+        return job, True
+
+    async def get(self, job_id: str) -> JobRecord:
+        return await self.wait(job_id, 0.0)
+
+    async def wait(self, job_id: str, timeout: float) -> JobRecord:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        pause = POLL_FIRST_S
+        while True:
+            status = await self.client.get_status(job_id, show_input=True)
+            if not status:
+                raise JobNotFound(f"no job with id {job_id!r}")
+            remaining = until - loop.time()
+            if is_terminal(status) or remaining <= 0:
+                return job_record(status)
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, POLL_MAX_S)
+
+    async def terminate(self, job_id: str, reason: str = "") -> None:
+        status = await self.client.get_status(job_id)
+        if not status:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        if is_terminal(status):
+            raise JobGone(f"job {job_id} already ended ({job_status(status.runtime_status).value})")
+        await self.client.terminate(job_id, reason)
+
+    async def purge(self, job_id: str) -> int:
+        result: Any = await self.client.purge_instance_history(job_id)
+        deleted = int(getattr(result, "instances_deleted", 0) or 0)
+        if not deleted:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return deleted
