@@ -26,7 +26,7 @@ from durable_history import FakeDurableClient
 from nearline.api import create_app
 from nearline.brokers import open_broker
 from nearline.constants import MAX_BODY_BYTES
-from nearline.jobs import JobStatus
+from nearline.jobs import JobRecord, JobStatus, status_document
 from nearline.pipelines.spec import Catalog
 from nearline.store import open_store
 from nearline.store_jobs import StoreJobs
@@ -34,16 +34,7 @@ from orchestrations import http_api
 
 BASE = "https://nearline.example"
 ACCEPTED_KEYS = {"id", "statusQueryGetUri", "terminatePostUri", "purgeHistoryDeleteUri"}
-DOCUMENT_KEYS = {
-    "instanceId",
-    "name",
-    "runtimeStatus",
-    "input",
-    "output",
-    "customStatus",
-    "createdTime",
-    "lastUpdatedTime",
-}
+DOCUMENT_KEYS = set(status_document(JobRecord("x", "p", None)))
 #: Fields one profile adds (docs/api.md): health's queueDepth where the queue is cheap to count.
 PROFILE_FIELDS = {"queueDepth"}
 
