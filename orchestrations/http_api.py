@@ -7,7 +7,7 @@ a request is accepted or refused here exactly as by ``nearline serve``. The modu
 functions (``submit``, ``get_job``, ...) are what the tests call in-process.
 
 Keys: the Functions host checks them (``x-functions-key`` header or ``code`` query, app-level
-``AuthLevel.FUNCTION``) before a handler runs; health and the OpenAPI document are anonymous.
+``AuthLevel.FUNCTION``) before a handler runs; only health is anonymous.
 """
 
 from __future__ import annotations
@@ -149,6 +149,6 @@ async def get_health(req: func.HttpRequest) -> func.HttpResponse:
     return await health(req, catalog)
 
 
-@bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="openapi.json", methods=["GET"])
 async def get_openapi(req: func.HttpRequest) -> func.HttpResponse:
     return await openapi(req, catalog)

@@ -204,6 +204,18 @@ def test_queue_over_its_depth_answers_503_with_retry_after(tmp_path: Path) -> No
         assert depth(s) == 3
 
 
+def test_shedding_logs_once_per_interval_with_a_count_and_counts_in_metrics(tmp_path: Path) -> None:
+    with running_server(tmp_path, "--no-workers", "--max-queue-depth", "1") as s:
+        assert score(s, "identity", {"fill": 1}).status_code == 202
+        with httpx.Client(timeout=10) as client:
+            shed = [client.post(f"{s.url}/api/score/identity", json={"input": {"n": i}}) for i in range(200)]
+        assert {r.status_code for r in shed} == {503}
+        metrics = httpx.get(f"{s.url}/metrics").text
+        assert 'nearline_api_shed_total{pipeline="identity"} 200.0' in metrics
+        lines = [line for line in s.output().splitlines() if "shed" in line]
+        assert 1 <= len(lines) <= 2, lines  # one line an interval (10 s), not one a request
+
+
 def test_terminate_then_410_then_purge(idle: Server) -> None:
     job = score(idle, "identity", {"t": 1}).json()
     r = httpx.post(job["terminatePostUri"].replace("{text}", "changed my mind"))
@@ -257,6 +269,16 @@ def test_auth_required_when_keys_are_configured(tmp_path: Path) -> None:
         by_code = httpx.post(url, params={"code": "k1"}, json={"input": {}}).json()
         assert "code=k1" in by_code["statusQueryGetUri"] and "code=k1" in by_code["terminatePostUri"]
         assert httpx.get(by_code["statusQueryGetUri"]).status_code == 202
+
+
+def test_keys_guard_every_route_but_health(tmp_path: Path) -> None:
+    """The OpenAPI document shows the input schemas that /api/pipelines protects; /metrics shows
+    traffic: with keys configured only the health probe answers without one (as on Azure)."""
+    with running_server(tmp_path, "--no-workers", env={"NEARLINE_API_KEYS": "k1"}) as s:
+        for path in ("/metrics", "/api/openapi.json", "/api/pipelines"):
+            assert httpx.get(f"{s.url}{path}").status_code == 401, path
+            assert httpx.get(f"{s.url}{path}", headers={"x-functions-key": "k1"}).status_code == 200, path
+        assert httpx.get(f"{s.url}/api/health").status_code == 200
 
 
 def test_refuses_a_public_address_without_keys(tmp_path: Path) -> None:

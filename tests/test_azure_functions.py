@@ -35,7 +35,7 @@ def trigger(fn: Any) -> dict[str, Any]:
         ("purge_job", "jobs/{id}", "DELETE", "function"),
         ("get_pipelines", "pipelines", "GET", "function"),
         ("get_health", "health", "GET", "anonymous"),
-        ("get_openapi", "openapi.json", "GET", "anonymous"),
+        ("get_openapi", "openapi.json", "GET", "function"),
     ],
 )
 def test_http_routes_are_registered(functions, name: str, route: str, method: str, auth: str) -> None:

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nearline import __version__
 from nearline.constants import RETRY_AFTER_S
-from nearline.errors import NearlineError, Unauthorized, http_error
+from nearline.errors import NearlineError, Overloaded, Unauthorized, http_error
 from nearline.http.metrics import ApiMetrics
 from nearline.http.openapi import openapi_document
 from nearline.jobs import JobRecord, job_urls, poll_headers, status_document
@@ -27,6 +27,9 @@ from nearline.service import Jobs
 from nearline.submissions import parse_wait
 
 log = logging.getLogger("nearline.api")
+
+#: Shed submissions are logged at most this often (with a count): see :class:`ShedLog`.
+SHED_LOG_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,9 @@ class Route:
     auth: bool = True
 
 
-#: The contract's routes. Adapters register each of them (Azure: all but ``metrics``).
+#: The contract's routes. Adapters register each of them (Azure: all but ``metrics``). Only the
+#: health probe is anonymous: the OpenAPI document shows the input schemas that ``pipelines``
+#: protects, and ``metrics`` shows the traffic.
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/score/{pipeline}", "score"),
     Route("GET", "/api/jobs/{id}", "status"),
@@ -47,8 +52,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/jobs/{id}/terminate", "terminate"),
     Route("GET", "/api/pipelines", "pipelines"),
     Route("GET", "/api/health", "health", auth=False),
-    Route("GET", "/api/openapi.json", "openapi", auth=False),
-    Route("GET", "/metrics", "metrics", auth=False),
+    Route("GET", "/api/openapi.json", "openapi"),
+    Route("GET", "/metrics", "metrics"),
 )
 
 
@@ -100,6 +105,7 @@ class Handlers:
         self.api_keys = api_keys
         self.api_metrics = metrics
         self._routes = {r.name: r for r in ROUTES}
+        self._shed = ShedLog()
 
     async def handle(self, name: str, request: Request) -> Response:
         """Answer ``request`` on route ``name``: errors become their responses, never raise."""
@@ -109,6 +115,11 @@ class Handlers:
             if route.auth:
                 authorize(request, self.api_keys)
             response = await getattr(self, name)(request)
+        except Overloaded as exc:
+            self._shed.record(exc.message)
+            if self.api_metrics is not None:
+                self.api_metrics.shed.labels(request.params.get("pipeline", "")).inc()
+            response = error_response(exc)
         except NearlineError as exc:
             if exc.status >= 500:
                 log.warning("%s %s: %s", route.method, route.path, exc.message)
@@ -193,6 +204,26 @@ class Handlers:
 
     def _poll_headers(self, request: Request, job_id: str) -> dict[str, str]:
         return poll_headers(self._urls(request, job_id), RETRY_AFTER_S)
+
+
+class ShedLog:
+    """Logs shed submissions at most once per ``interval`` seconds, with how many there were.
+
+    A burst against a full queue is thousands of refusals a second: one line each would bury the
+    log (and cost more than the refusal). The exact count is in ``nearline_api_shed_total``.
+    """
+
+    def __init__(self, interval: float = SHED_LOG_INTERVAL_S) -> None:
+        self.interval = interval
+        self._count = 0
+        self._next = 0.0
+
+    def record(self, message: str) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now >= self._next:
+            log.warning("shed %d submission(s) since the last report: %s", self._count, message)
+            self._count, self._next = 0, now + self.interval
 
 
 def authorize(request: Request, keys: tuple[str, ...]) -> None:

@@ -17,3 +17,6 @@ class ApiMetrics:
         self.submitted = Counter("nearline_api_jobs_submitted", "Jobs accepted", ["pipeline"], registry=r)
         self.depth = Gauge("nearline_queue_depth", "Request queue depth", registry=r)
         self.waiting = Gauge("nearline_api_long_polls", "Long-polls waiting", registry=r)
+        self.shed = Counter(
+            "nearline_api_shed", "Submissions refused because the queue was full", ["pipeline"], registry=r
+        )
