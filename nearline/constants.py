@@ -32,6 +32,12 @@ MAX_BODY_BYTES = 1_048_576
 MAX_WAIT_S = 30.0
 RETRY_AFTER_S = 1
 
+#: Deepest nesting of arrays and objects in a request body (the body object is level 1) and in
+#: a job's output (``nearline.strict_json``). Real inputs nest a few levels; Python's json
+#: parser fails near 1,000 levels and encoders of deep records earlier, so the limit sits far
+#: below both and is checked on the bytes before parsing.
+MAX_JSON_DEPTH = 64
+
 #: Default job deadline when a request names none (seconds). Near-real-time jobs that are not
 #: done within a minute are of no use to the caller; the deadline also bounds how long a
 #: queued job can hold a record.
@@ -40,6 +46,14 @@ MAX_TIMEOUT_S = 3600.0
 
 #: Request-queue depth above which submissions are refused with 503 + Retry-After.
 MAX_QUEUE_DEPTH = 10_000
+
+#: A client's time to send its request line and headers, and then its whole body (at this
+#: default a 1 MiB body needs ~35 KB/s), and the open connections served at once. uvicorn
+#: times out neither head nor body: without them a few hundred clients that send a byte a
+#: second hold the server's sockets for ever (slowloris).
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 1000
 
 #: Terminal job records are kept this long, then purged.
 RETENTION_S = 24 * 3600.0
@@ -55,9 +69,10 @@ DATA_DIR = ".nearline"
 #: when the cores outnumber what one worker's torch threads use (see docs/benchmarks.md).
 SERVE_WORKERS = 1
 
-#: A worker's health and metrics endpoint listens on every address: the kubelet probes the
-#: pod's IP, and a Prometheus scrape comes from another pod.
-WORKER_HOST = "0.0.0.0"
+#: A worker's health and metrics endpoint has no key, so it listens on loopback unless told
+#: otherwise. In a pod the kubelet probes the pod's IP and Prometheus scrapes it from another pod:
+#: the Kubernetes manifests set NEARLINE_WORKER_HOST for that.
+WORKER_HOST = "127.0.0.1"
 
 #: Claim check (``nearline.claim_check``): bodies larger than this go out of line. Service Bus
 #: Standard's message limit is 256 KiB, so the same figure everywhere means a body never fits

@@ -15,10 +15,15 @@ place that turns them (and the client's errors) into a command's exit status.
     │   └── Overloaded              503  Overloaded        request queue over its depth
     ├── RequestError                400  BadRequest        the request's fault
     │   ├── InvalidInput *          400  InvalidInput      fails the schema or a step
+    │   ├── CallbackRefused         400  CallbackRefused   (nearline.callbacks) never sent there
     │   ├── UnknownPipeline         404  UnknownPipeline
     │   ├── JobNotFound             404  NotFound
     │   ├── JobGone                 410  Gone
+    │   ├── Conflict                409  Conflict          purge of a job not ended; a key's
+    │   │                                                  first request still being created
+    │   ├── IdempotencyKeyReused    422  IdempotencyKeyReused  a key reused for another request
     │   ├── PayloadTooLarge         413  PayloadTooLarge
+    │   ├── RequestTimeout          408  RequestTimeout    the body came too slowly
     │   └── Unauthorized            401  Unauthorized
     ├── JobFailure                  500  JobFailed         ends a job Failed (output.error.code)
     │   ├── InvalidInput *                                 found by a worker: the job fails
@@ -120,11 +125,33 @@ class JobGone(RequestError):
     status = 410
 
 
+class Conflict(RequestError):
+    """The job is not in a state that allows the request: a purge of a job that has not ended,
+    or a repeat of a keyed request whose first request is still being created."""
+
+    code = "Conflict"
+    status = 409
+
+
+class IdempotencyKeyReused(RequestError):
+    """An ``Idempotency-Key`` was sent again with a different request (IETF draft: 422)."""
+
+    code = "IdempotencyKeyReused"
+    status = 422
+
+
 class PayloadTooLarge(RequestError):
     """The request body is over the configured limit."""
 
     code = "PayloadTooLarge"
     status = 413
+
+
+class RequestTimeout(RequestError):
+    """The request body did not arrive within the server's body timeout."""
+
+    code = "RequestTimeout"
+    status = 408
 
 
 class Unauthorized(RequestError):

@@ -30,7 +30,13 @@ class JobStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class JobRecord:
-    """One job as a status store holds it. Times are epoch seconds (UTC)."""
+    """One job as a status store holds it. Times are epoch seconds (UTC).
+
+    The idempotency fields (:mod:`nearline.idempotency`) are set on keyed jobs only:
+    ``idempotency_slot`` is the key's slot (one job per slot), ``fingerprint`` the request's digest
+    a repeat is compared with. ``enqueued`` is False while a keyed job's record is claimed and its
+    request message not yet sent (a repeat then gets 409).
+    """
 
     id: str
     pipeline: str
@@ -44,6 +50,9 @@ class JobRecord:
     priority: str = "normal"
     idempotency_key: str | None = None
     callback_url: str | None = None
+    idempotency_slot: str | None = None
+    fingerprint: str | None = None
+    enqueued: bool = True
 
     def with_status(self, status: JobStatus, output: Any = None, now: float | None = None) -> JobRecord:
         return replace(self, status=status, output=output, updated=now if now is not None else time.time())

@@ -5,7 +5,8 @@
 * deadlines: end jobs whose deadline passed with ``DeadlineExceeded`` even if no worker ever
   took them;
 * retention: purge terminal records older than the retention period;
-* callbacks: POST the status document to a job's ``callback_url`` when it ends (best effort).
+* callbacks: POST the status document to a job's ``callback_url`` when it ends (best effort,
+  only to addresses the guard of :mod:`nearline.callbacks` allows).
 
 Every API replica may run one; on Redis their result consumers share one consumer group.
 """
@@ -18,12 +19,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
-
 from nearline.brokers.base import Broker, LeaseLost
+from nearline.callbacks import CallbackSender, configured_allow_list
 from nearline.constants import RESPONSE_QUEUE, RETENTION_S
 from nearline.errors import DeadlineExceeded, NearlineError
-from nearline.jobs import JobRecord, JobStatus, error_output, status_document
+from nearline.jobs import JobStatus, error_output
 from nearline.messages import MessageError, ResultMessage
 from nearline.store.base import StatusStore
 
@@ -34,11 +34,16 @@ SWEEP_INTERVAL_S = 0.25
 #: How often retention runs; purging is cheap but need not be frequent.
 PURGE_INTERVAL_S = 60.0
 RESULT_BATCH = 256
-CALLBACK_ATTEMPTS = 3
+#: Longest pause between retries while the broker or store fails.
+RETRY_MAX_S = 5.0
 
 
 class Lifecycle:
-    """Runs the lifecycle threads for one broker + store until :meth:`stop`."""
+    """Runs the lifecycle threads for one broker + store until :meth:`stop`.
+
+    Args:
+        callbacks: Sends the callbacks; default: one under ``NEARLINE_CALLBACK_ALLOW``.
+    """
 
     def __init__(
         self,
@@ -47,6 +52,7 @@ class Lifecycle:
         *,
         retention_s: float = RETENTION_S,
         response_queue: str = RESPONSE_QUEUE,
+        callbacks: CallbackSender | None = None,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -54,6 +60,7 @@ class Lifecycle:
         self.response_queue = response_queue
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.sender = callbacks or CallbackSender(configured_allow_list())
         self._callbacks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="callback")
         self._unlisten = store.on_finish(self._announce)
 
@@ -73,25 +80,40 @@ class Lifecycle:
     # -- results ------------------------------------------------------------------------
 
     def _results_loop(self) -> None:
+        """Apply results until stopped, riding out broker and store outages.
+
+        A failure anywhere in a round (receive, finish, settle) is retried after a delay that
+        doubles up to :data:`RETRY_MAX_S`; results received but not settled come back after
+        their lease, and applying one twice changes nothing (compare-and-set).
+        """
+        failures = 0
         while not self._stop.is_set():
             try:
-                deliveries = self.broker.receive(self.response_queue, RESULT_BATCH, 0.5)
+                self._apply_round()
             except NearlineError as exc:
-                log.warning("receiving results failed, retrying: %s", exc)
-                self._stop.wait(1.0)
+                if failures == 0:
+                    log.warning("applying results failed, retrying until it works: %s", exc)
+                failures += 1
+                self._stop.wait(min(RETRY_MAX_S, 0.1 * 2**failures))
                 continue
-            done = []
-            for d in deliveries:
-                try:
-                    self.apply(ResultMessage.from_json(d.body))
-                    done.append(d)
-                except MessageError as exc:
-                    # A result that does not parse will not parse on retry either.
-                    log.error("dead-lettering malformed result %s: %s", d.message_id, exc.message)
-                    with contextlib.suppress(LeaseLost):
-                        self.broker.dead_letter(d, f"malformed result message: {exc.message}")
-            for d in self.broker.complete_many(done):
-                log.warning("lease on result %s lost; another replica has it", d.message_id)
+            if failures:
+                log.warning("applying results works again after %d failed round(s)", failures)
+            failures = 0
+
+    def _apply_round(self) -> None:
+        deliveries = self.broker.receive(self.response_queue, RESULT_BATCH, 0.5)
+        done = []
+        for d in deliveries:
+            try:
+                self.apply(ResultMessage.from_json(d.body))
+                done.append(d)
+            except MessageError as exc:
+                # A result that does not parse will not parse on retry either.
+                log.error("dead-lettering malformed result %s: %s", d.message_id, exc.message)
+                with contextlib.suppress(LeaseLost):
+                    self.broker.dead_letter(d, f"malformed result message: {exc.message}")
+        for d in self.broker.complete_many(done):
+            log.warning("lease on result %s lost; another replica has it", d.message_id)
 
     def apply(self, result: ResultMessage) -> bool:
         """End a job from its result message; False if it had already ended (kept as it was)."""
@@ -140,15 +162,4 @@ class Lifecycle:
         """
         job = self.store.get(job_id)
         if job is not None and job.callback_url:
-            self._callbacks.submit(_post_callback, job)
-
-
-def _post_callback(job: JobRecord) -> None:
-    assert job.callback_url is not None
-    for attempt in range(CALLBACK_ATTEMPTS):
-        try:
-            httpx.post(job.callback_url, json=status_document(job), timeout=5.0).raise_for_status()
-            return
-        except httpx.HTTPError as exc:
-            log.warning("callback for %s failed (attempt %d): %s", job.id, attempt + 1, exc)
-            time.sleep(0.5 * 2**attempt)
+            self._callbacks.submit(self.sender.send, job)

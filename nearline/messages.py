@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nearline.constants import DEFAULT_LANE, LANES
@@ -46,7 +46,9 @@ class RequestMessage:
         return self.deadline is not None and (now if now is not None else time.time()) >= self.deadline
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        """The message as sent; ``input`` is not copied (``asdict`` recursed once per level)."""
+        fields = ("id", "pipeline", "input", "enqueued_at", "deadline", "priority", "attempt")
+        return _dumps({name: getattr(self, name) for name in fields})
 
     @classmethod
     def from_json(cls, body: bytes | str) -> RequestMessage:
@@ -105,7 +107,7 @@ class ResultMessage:
         return d
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return _dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, body: bytes | str) -> ResultMessage:
@@ -131,9 +133,18 @@ class ResultMessage:
             raise MessageError(f"result message: bad or missing field: {exc}") from None
 
 
+def _dumps(data: dict[str, Any]) -> bytes:
+    """JSON as RFC 8259 has it: a NaN or an infinity raises ValueError instead of being written."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _no_constant(literal: str) -> Any:
+    raise MessageError(f"message holds {literal}, not a finite number: not JSON")
+
+
 def _load_object(body: bytes | str) -> dict[str, Any]:
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError(f"message is not JSON: {exc}") from None
     if not isinstance(data, dict):

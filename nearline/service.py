@@ -3,9 +3,10 @@
 :class:`Jobs` is what the HTTP handlers (:mod:`nearline.http.handlers`) call: submit, get, wait,
 terminate, purge. It is implemented over a broker and a status store
 (:class:`nearline.store_jobs.StoreJobs`: the embedded and Redis profiles) and over Durable
-Functions instances (``orchestrations.durable_jobs.DurableJobs``: Azure). Validation and job ids
-are decided here, once, in :meth:`Jobs.submit`; an implementation only records and starts a job
-(:meth:`Jobs.create`) and reads, ends and deletes it.
+Functions instances (``orchestrations.durable_jobs.DurableJobs``: Azure). Validation, job ids and
+the answer to a repeated ``Idempotency-Key`` (:mod:`nearline.idempotency`) are decided here, once,
+in :meth:`Jobs.submit`; an implementation only records and starts a job (:meth:`Jobs.create`),
+names keyed jobs (:meth:`Jobs.keyed_id`) and reads, ends and deletes them.
 
 Every method is a coroutine: the Durable client is asynchronous, and the store-backed
 implementation moves its blocking calls off the event loop itself.
@@ -14,11 +15,14 @@ implementation moves its blocking calls off the event loop itself.
 from __future__ import annotations
 
 import abc
+import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from nearline import idempotency
 from nearline.constants import MAX_BODY_BYTES
 from nearline.jobs import JobRecord
-from nearline.submissions import job_id_for, new_job, parse_submission
+from nearline.submissions import new_job, parse_submission
 
 if TYPE_CHECKING:
     from nearline.pipelines.spec import Catalog
@@ -40,24 +44,49 @@ class Jobs(abc.ABC):
         """The pipelines a client may call (input schemas; no models loaded)."""
 
     async def submit(
-        self, pipeline: str, body: bytes, idempotency_key: str | None = None
+        self, pipeline: str, body: bytes, idempotency_key: str | None = None, *, scope: str = ""
     ) -> tuple[JobRecord, bool]:
         """Validate a submit request, then record and start its job. Returns ``(job, created)``.
 
-        A rejected request starts nothing. With an ``Idempotency-Key`` that was seen before,
-        the existing job is returned and nothing new starts.
+        A rejected request starts nothing. An ``Idempotency-Key`` seen before from the same
+        caller, for the same pipeline, gets the existing job back and starts nothing, if the
+        request is the same (:func:`nearline.idempotency.reused`).
+
+        Args:
+            pipeline: The pipeline named in the path.
+            body: The request body.
+            idempotency_key: The ``Idempotency-Key`` header, if any.
+            scope: The caller's scope (:func:`nearline.idempotency.caller_scope`): keys of two
+                scopes never meet.
 
         Raises:
             RequestError: (4xx) the request can never succeed; the message names the problem.
+                Among them, for a repeated key: IdempotencyKeyReused (422), a different request;
+                Conflict (409), the first request is still being created.
             Unavailable: (503) the queue is full or unreachable; retry later.
         """
         sub = parse_submission(self.catalog, pipeline, body, max_body=self.max_body)
-        job = new_job(sub, job_id_for(pipeline, idempotency_key), idempotency_key)
-        return await self.create(job)
+        key = idempotency.check_key(idempotency_key)
+        if key is None:
+            return await self.create(new_job(sub, uuid.uuid4().hex))
+        slot = idempotency.slot(scope, pipeline, key)
+        job = replace(
+            new_job(sub, self.keyed_id(slot), key),
+            idempotency_slot=slot,
+            fingerprint=idempotency.fingerprint(sub),
+        )
+        found, created = await self.create(job)
+        return (found, True) if created else (idempotency.reused(found, job), False)
+
+    def keyed_id(self, slot: str) -> str:
+        """The id of a new keyed job: random, for implementations that keep the slot → job map
+        (:meth:`create` then returns the slot's job); Azure's overrides it."""
+        return uuid.uuid4().hex
 
     @abc.abstractmethod
     async def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
-        """Record and start a validated job; a job with the same id is returned as it is."""
+        """Record and start a validated job. A keyed job whose slot is held (or a job whose id
+        exists) is not created: ``(the job holding it, False)``."""
 
     @abc.abstractmethod
     async def get(self, job_id: str) -> JobRecord:
@@ -78,7 +107,13 @@ class Jobs(abc.ABC):
 
     @abc.abstractmethod
     async def purge(self, job_id: str) -> int:
-        """Delete a job's record; how many were deleted. Raises :class:`JobNotFound`."""
+        """Delete an ended job's record (and free its key); how many were deleted.
+
+        Raises:
+            JobNotFound: no such job.
+            Conflict: the job has not ended (terminate it first): what a purge would leave behind
+                (a queued message) must never meet a later job.
+        """
 
     async def health(self) -> dict[str, Any]:
         """Fields this implementation adds to ``GET /api/health`` (it may raise when broken)."""

@@ -21,85 +21,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from nearline import constants as c
+from nearline.addresses import AllowList
 from nearline.errors import ConfigError
 from nearline.examples import PIPELINES_FILE
-
-#: Turns a variable's or flag's text into its value; raises ``ValueError`` saying what is wrong.
-Parse = Callable[[str], Any]
-
-
-# --- parsers ------------------------------------------------------------------------------
-
-
-def text(raw: str) -> str:
-    """Any text."""
-    return raw
-
-
-def path(raw: str) -> Path:
-    """A file or folder."""
-    return Path(raw)
-
-
-def keys(raw: str) -> tuple[str, ...]:
-    """A comma-separated list; blanks around and between items are dropped."""
-    return tuple(k.strip() for k in raw.split(",") if k.strip())
-
-
-def switch(raw: str) -> bool:
-    """A flag without a value (``store_true``); never given text."""
-    raise ValueError("takes no value")
-
-
-def whole(minimum: int, maximum: int | None = None) -> Parse:
-    """A whole number in ``[minimum, maximum]``."""
-
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError("not a whole number") from None
-        if value < minimum:
-            raise ValueError(f"must be >= {minimum}")
-        if maximum is not None and value > maximum:
-            raise ValueError(f"must be <= {maximum}")
-        return value
-
-    return parse
-
-
-def number(minimum: float, *, inclusive: bool = True) -> Parse:
-    """A number at least (``inclusive``) or above ``minimum``."""
-
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError("not a number") from None
-        if value != value or value < minimum or (value == minimum and not inclusive):
-            raise ValueError(f"must be {'>=' if inclusive else '>'} {minimum:g}")
-        return value
-
-    return parse
-
-
-class OneOf:
-    """One of a few words (argparse shows them as the flag's choices)."""
-
-    def __init__(self, *choices: str) -> None:
-        self.choices = choices
-
-    def __call__(self, raw: str) -> str:
-        if raw not in self.choices:
-            raise ValueError(f"must be one of {', '.join(self.choices)}")
-        return raw
-
+from nearline.setting_values import OneOf, Parse, keys, number, path, switch, text, whole
 
 # --- the table ----------------------------------------------------------------------------
 
@@ -136,7 +67,7 @@ class Var:
 
 
 # One row a variable: name, type and limits, default, help, the programs that read it.
-_S, _SW, _SWF = (SERVE,), (SERVE, WORKER), (SERVE, WORKER, FUNCTIONS)
+_S, _SW, _SWF, _SF = (SERVE,), (SERVE, WORKER), (SERVE, WORKER, FUNCTIONS), (SERVE, FUNCTIONS)
 _URLS = "queue / store URL: sqlite:///FILE (serve: in the data dir), memory://, redis://HOST:6379/0, ..."
 _PORT_HELP = "port of /healthz, /readyz, /metrics (0: pick a free one; -1: none)"
 _TRITON_HELP = "Triton server, e.g. grpc://127.0.0.1:8001 or http://127.0.0.1:8000"
@@ -148,6 +79,9 @@ PIPELINES = Var("NEARLINE_PIPELINES", path, PIPELINES_FILE, "pipelines file", _S
 API_KEYS = Var("NEARLINE_API_KEYS", keys, (), "API keys, comma-separated (none: no auth)", _S)
 MAX_QUEUE_DEPTH = Var("NEARLINE_MAX_QUEUE_DEPTH", whole(1), c.MAX_QUEUE_DEPTH, "request queue limit", _S)
 RETENTION_S = Var("NEARLINE_RETENTION_S", _SECONDS, c.RETENTION_S, "terminal job retention (s)", _SW)
+HEADER_TIMEOUT_S = Var("NEARLINE_HEADER_TIMEOUT_S", _SECONDS, c.HEADER_TIMEOUT_S, "request head within s", _S)
+BODY_TIMEOUT_S = Var("NEARLINE_BODY_TIMEOUT_S", _SECONDS, c.BODY_TIMEOUT_S, "request body within s", _S)
+MAX_CONNECTIONS = Var("NEARLINE_MAX_CONNECTIONS", whole(1), c.MAX_CONNECTIONS, "HTTP connections", _S)
 MAX_BATCH = Var("NEARLINE_MAX_BATCH", whole(1), c.MAX_BATCH, "largest micro-batch", _SW)
 MAX_WAIT_MS = Var("NEARLINE_MAX_WAIT_MS", number(0), c.MAX_WAIT_MS, "batch-fill wait (ms)", _SW)
 LEASE_S = Var("NEARLINE_LEASE_S", _SECONDS, c.LEASE_S, "lease (lock) duration (s)", _SW)
@@ -155,6 +89,7 @@ MAX_DELIVERIES = Var(
     "NEARLINE_MAX_DELIVERIES", whole(1), c.MAX_DELIVERIES, "deliveries, then dead-letter", _SW
 )
 WORKER_PORT = Var("NEARLINE_WORKER_PORT", whole(-1, 65535), c.WORKER_PORT, _PORT_HELP, (WORKER,))
+WORKER_HOST = Var("NEARLINE_WORKER_HOST", text, c.WORKER_HOST, "health/metrics address", (WORKER,))
 MODEL_BACKEND = Var("NEARLINE_MODEL_BACKEND", OneOf("torch", "triton"), None, "for every model step", _SW)
 TRITON_URL = Var("NEARLINE_TRITON_URL", text, None, _TRITON_HELP, _SW)
 CLAIM_CHECK_BYTES = Var(
@@ -162,11 +97,14 @@ CLAIM_CHECK_BYTES = Var(
 )
 URL = Var("NEARLINE_URL", text, f"http://{c.HTTP_HOST}:{c.HTTP_PORT}", "API base URL", (CLIENT,))
 KEY = Var("NEARLINE_KEY", text, None, "API key (x-functions-key)", (CLIENT,))
+SECRET = Var("NEARLINE_SECRET", text, None, "Azure: keyed job ids' HMAC secret (>= 32 chars)", (FUNCTIONS,))
+CALLBACK_ALLOW = Var("NEARLINE_CALLBACK_ALLOW", AllowList.parse, AllowList(), "callback_url allow-list", _SF)
 
 #: Every environment variable nearline reads.
 VARIABLES: tuple[Var, ...] = (
-    BROKER, DATA_DIR, MODELS, PIPELINES, API_KEYS, MAX_QUEUE_DEPTH, RETENTION_S, MAX_BATCH, MAX_WAIT_MS,
-    LEASE_S, MAX_DELIVERIES, WORKER_PORT, MODEL_BACKEND, TRITON_URL, CLAIM_CHECK_BYTES, URL, KEY
+    BROKER, DATA_DIR, MODELS, PIPELINES, API_KEYS, CALLBACK_ALLOW, MAX_QUEUE_DEPTH, RETENTION_S,
+    MAX_BATCH, MAX_WAIT_MS, LEASE_S, MAX_DELIVERIES, WORKER_PORT, WORKER_HOST, MODEL_BACKEND, TRITON_URL,
+    CLAIM_CHECK_BYTES, URL, KEY, SECRET, HEADER_TIMEOUT_S, BODY_TIMEOUT_S, MAX_CONNECTIONS
 )  # fmt: skip
 
 
@@ -318,7 +256,7 @@ class WorkerSettings(Settings):
     lease_s: float = env(LEASE_S, "--lease-s")
     max_deliveries: int = env(MAX_DELIVERIES, "--max-deliveries")
     port: int = env(WORKER_PORT, "--port")
-    host: str = flag("--host", c.WORKER_HOST, text, "address of the health/metrics endpoint")
+    host: str = env(WORKER_HOST, "--host")
     model_backend: str | None = env(MODEL_BACKEND, "--model-backend")
     triton_url: str | None = env(TRITON_URL, "--triton-url")
     name: str | None = flag("--name", None, text, "worker name in result messages")
@@ -332,6 +270,10 @@ class ApiSettings(Settings):
     api_keys: tuple[str, ...] = env(API_KEYS)
     max_queue_depth: int = env(MAX_QUEUE_DEPTH, "--max-queue-depth")
     max_body: int = flag("--max-body", c.MAX_BODY_BYTES, whole(1), "largest request body in bytes")
+    callback_allow: AllowList = env(CALLBACK_ALLOW)
+    header_timeout_s: float = env(HEADER_TIMEOUT_S)
+    body_timeout_s: float = env(BODY_TIMEOUT_S)
+    max_connections: int = env(MAX_CONNECTIONS)
 
 
 @dataclass(frozen=True)
@@ -371,10 +313,11 @@ class TritonSettings(Settings):
 
 @dataclass(frozen=True)
 class FunctionsSettings(Settings):
-    """The Azure Functions app (``function_app.py``): its broker and its pipelines."""
+    """The Azure Functions app (``function_app.py``): its broker, pipelines and id secret."""
 
     broker: str | None = env(BROKER)
     pipelines: Path = env(PIPELINES)
+    secret: str | None = field(default=SECRET.default, repr=False, metadata=env(SECRET).metadata)
 
 
 @dataclass(frozen=True)

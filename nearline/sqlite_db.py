@@ -86,6 +86,16 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX IF NOT EXISTS jobs_overdue ON jobs (status, deadline)",
         "CREATE INDEX IF NOT EXISTS jobs_purge ON jobs (status, updated)",
     ],
+    [
+        # Idempotency (nearline/idempotency.py): a keyed job holds its key's slot, one job per
+        # slot; deleting the row frees it. ``enqueued`` is 0 while a keyed job's message is not
+        # yet sent. Records from before keep NULL slots (their keys start new jobs).
+        "ALTER TABLE jobs ADD COLUMN idempotency_slot TEXT",
+        "ALTER TABLE jobs ADD COLUMN fingerprint TEXT",
+        "ALTER TABLE jobs ADD COLUMN enqueued INTEGER NOT NULL DEFAULT 1",
+        """CREATE UNIQUE INDEX IF NOT EXISTS jobs_slot ON jobs (idempotency_slot)
+            WHERE idempotency_slot IS NOT NULL""",
+    ],
 ]
 
 _OPTIONS = {"busy_timeout_ms", "synchronous", "poll_ms"}

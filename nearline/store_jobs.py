@@ -3,6 +3,11 @@
 A job is a record in the store and a message on the request queue; the lifecycle
 (:mod:`nearline.lifecycle`) ends it from the response queue. Blocking store and broker calls run
 in a worker thread, so the event loop of the HTTP server never waits on a disk or a socket.
+
+The record is always created before its message is sent, so a worker that finds no record for a
+message knows it for what a purge left behind (:class:`nearline.worker.hooks.Liveness`). Keyed
+jobs get random ids too: the store maps the key's slot to the job, and a purge frees the slot, so
+a later request with the key is a new job with a new id.
 """
 
 from __future__ import annotations
@@ -10,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from nearline.brokers.base import Broker
 from nearline.constants import MAX_BODY_BYTES, MAX_QUEUE_DEPTH, REQUEST_QUEUE, RETRY_AFTER_S
-from nearline.errors import BrokerError, JobGone, JobNotFound, Overloaded
+from nearline.errors import BrokerError, Conflict, JobGone, JobNotFound, Overloaded
 from nearline.jobs import JobRecord, JobStatus
 from nearline.service import Jobs
 from nearline.store.base import StatusStore
@@ -58,20 +64,25 @@ class StoreJobs(Jobs):
         return await asyncio.to_thread(self.create_now, job)
 
     def create_now(self, job: JobRecord) -> tuple[JobRecord, bool]:
-        """:meth:`create`, blocking the calling thread (for callers without an event loop)."""
-        if job.idempotency_key is not None:
-            existing = self.store.get(job.id)
-            if existing is not None:
-                return existing, False
+        """:meth:`create`, blocking the calling thread (for callers without an event loop).
+
+        A keyed job's record is created claimed (``enqueued=False``) and marked enqueued once its
+        message is sent: until then a repeat of its key gets 409, never a job that may not run.
+        A repeat is not refused for queue depth.
+        """
         depth = self.broker.depth(REQUEST_QUEUE)
         if depth >= self.max_queue_depth:
+            existing = self.store.keyed(job.idempotency_slot) if job.idempotency_slot else None
+            if existing is not None:
+                return existing, False
             raise Overloaded(
                 f"request queue holds {depth} messages (limit {self.max_queue_depth}); retry later",
                 retry_after=RETRY_AFTER_S,
             )
-        job, created = self.store.create(job)
+        keyed = job.idempotency_slot is not None
+        found, created = self.store.create(replace(job, enqueued=False) if keyed else job)
         if not created:
-            return job, False
+            return found, False
         try:
             self.broker.send(
                 REQUEST_QUEUE,
@@ -84,6 +95,8 @@ class StoreJobs(Jobs):
             # Nothing half-written: a job whose message never made it must not linger Pending.
             self.store.delete(job.id)
             raise BrokerError(f"could not enqueue job {job.id}: {exc}") from exc
+        if keyed:
+            self.store.mark_enqueued(job.id)
         return job, True
 
     async def get(self, job_id: str) -> JobRecord:
@@ -117,7 +130,14 @@ class StoreJobs(Jobs):
             raise JobGone(f"job {job_id} already ended ({self._get(job_id).status.value})")
 
     async def purge(self, job_id: str) -> int:
-        if not await asyncio.to_thread(self.store.delete, job_id):
+        return await asyncio.to_thread(self._purge, job_id)
+
+    def _purge(self, job_id: str) -> int:
+        # An ended job stays ended, so checking first and deleting after is safe.
+        job = self._get(job_id)
+        if not job.status.terminal:
+            raise Conflict(f"job {job_id} is {job.status.value}: terminate it first, or wait for it to end")
+        if not self.store.delete(job_id):
             raise JobNotFound(f"no job with id {job_id!r}")
         return 1
 

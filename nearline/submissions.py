@@ -1,20 +1,20 @@
 """Parsing a submit request into a job: the validation every front door shares.
 
 The local API (``nearline.api``) and the Azure HTTP functions (``orchestrations.http_api``) both call
-:func:`parse_submission` and :func:`job_id_for`, so a request rejected by one is rejected by the
-other with the same status and message. Nothing here touches a queue or a store.
+:func:`parse_submission` (through ``nearline.service.Jobs.submit``), so a request rejected by one is
+rejected by the other with the same status and message. Nothing here touches a queue or a store.
+Job ids and ``Idempotency-Key`` are decided by ``Jobs.submit`` (:mod:`nearline.idempotency`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from nearline import strict_json
+from nearline.callbacks import CallbackRefused, check_callback_url, configured_allow_list
 from nearline.constants import (
     DEFAULT_LANE,
     DEFAULT_TIMEOUT_S,
@@ -30,10 +30,6 @@ from nearline.messages import RequestMessage
 if TYPE_CHECKING:
     from nearline.pipelines.spec import Catalog
 
-#: Namespace of idempotent job ids: uuid5(namespace, pipeline + "\n" + key). Deterministic, so
-#: every API replica (and the Azure starter) maps one key to one job without a lookup table.
-IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1b7f43-5a51-4d0e-9a43-0c7d6c1e5a10")
-MAX_IDEMPOTENCY_KEY = 200
 _BODY_FIELDS = {"input", "timeout_s", "priority", "callback_url"}
 
 
@@ -56,16 +52,18 @@ def parse_submission(
     Raises:
         UnknownPipeline: (404) no such pipeline.
         PayloadTooLarge: (413) ``body`` is over ``max_body`` bytes.
-        RequestError / InvalidInput: (400) malformed JSON, unknown fields, a bad option, or an
-            input that fails the pipeline's schema; the message names the field.
+        RequestError / InvalidInput: (400) not strict JSON (:mod:`nearline.strict_json`: UTF-8,
+            finite numbers, no lone surrogates, no repeated keys, nested at most
+            ``MAX_JSON_DEPTH``), unknown fields, a bad option, or an input that fails the
+            pipeline's schema; the message names the field.
     """
     spec = catalog.get(pipeline)
     if len(body) > max_body:
         raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_body}")
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(f"request body is not valid JSON: {exc}") from None
+        doc = strict_json.load(body)
+    except strict_json.StrictJSONError as exc:  # not JSON, or NaN, 1e400, "\ud800", too deep
+        raise RequestError(str(exc)) from None
     if not isinstance(doc, dict):
         raise RequestError('request body must be a JSON object: {"input": ...}')
     if "input" not in doc:
@@ -94,15 +92,6 @@ def parse_wait(value: str | None) -> float | None:
     if not 0 <= wait <= MAX_WAIT_S or math.isnan(wait):
         raise RequestError(f"query parameter 'wait' must be between 0 and {MAX_WAIT_S:g} seconds")
     return wait
-
-
-def job_id_for(pipeline: str, idempotency_key: str | None) -> str:
-    """A new random job id, or the one id an ``Idempotency-Key`` maps to for this pipeline."""
-    if idempotency_key is None:
-        return uuid.uuid4().hex
-    if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-        raise RequestError(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
-    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{pipeline}\n{idempotency_key}").hex
 
 
 def new_job(
@@ -154,9 +143,13 @@ def _priority(value: Any) -> str:
 
 
 def _callback(value: Any) -> str | None:
+    """A ``callback_url`` that the callback guard could ever send to (names resolve later)."""
     if value is None:
         return None
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+    if not isinstance(value, str):
         raise RequestError("request body: 'callback_url' must be an absolute http(s) URL")
-    return str(value)
+    try:
+        check_callback_url(value, configured_allow_list())
+    except CallbackRefused as exc:
+        raise RequestError(f"request body: 'callback_url' {exc.message}") from None
+    return value

@@ -115,7 +115,11 @@ def is_terminal(status: Any) -> bool:
 
 
 def orchestrator_input(job: JobRecord) -> dict[str, Any]:
-    """The scoring orchestrator's input: the job fields the orchestration and status need."""
+    """The scoring orchestrator's input: the job fields the orchestration and status need.
+
+    ``fingerprint`` is the request's digest, which a repeat of a keyed request is compared with
+    (:func:`nearline.idempotency.reused`); Durable keeps it with the instance.
+    """
     return {
         "job": {
             "id": job.id,
@@ -123,6 +127,7 @@ def orchestrator_input(job: JobRecord) -> dict[str, Any]:
             "input": job.input,
             "deadline": job.deadline,
             "priority": job.priority,
+            "fingerprint": job.fingerprint,
         }
     }
 
@@ -150,6 +155,7 @@ def job_record(status: Any) -> JobRecord:
         custom_status=status.custom_status,
         created=_epoch(status.created_time),
         updated=_epoch(status.last_updated_time or status.created_time),
+        fingerprint=job.get("fingerprint") if isinstance(job.get("fingerprint"), str) else None,
     )
 
 

@@ -8,6 +8,10 @@ keeps a long-poll's extra latency under a quarter second.
 Queue depth: no 503 here (see docs/azure.md): reading Service Bus runtime properties on every
 submit needs the Manage right and a management-plane round trip, and Service Bus bounds a queue
 itself (its maximum size), which fails the ``enqueue`` activity and so the job.
+
+Idempotency: there is no store to map a key to a job, so a keyed job's instance id is an HMAC of
+the key's slot under the app's secret (``NEARLINE_SECRET``, :func:`nearline.idempotency.keyed_id`),
+and the request's fingerprint travels in the orchestrator input, where a repeat compares it.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 from nearline.constants import MAX_BODY_BYTES
-from nearline.errors import BrokerError, JobGone, JobNotFound, NearlineError
+from nearline.errors import BrokerError, ConfigError, Conflict, JobGone, JobNotFound, NearlineError
+from nearline.idempotency import MIN_SECRET_CHARS, keyed_id
 from nearline.jobs import JobRecord
 from nearline.pipelines.spec import Catalog
 from nearline.service import Jobs
+from nearline.settings import SECRET, FunctionsSettings
 from orchestrations.azure_status import (
     SCORING_ORCHESTRATOR,
     DurableClient,
@@ -41,6 +47,7 @@ class DurableJobs(Jobs):
         client: The request's durable client (None on routes bound without one: they read only
             the catalog).
         catalog: Loads the pipelines catalog (on first use, inside the handler's error handling).
+        secret: Reads the installation's secret (default: ``NEARLINE_SECRET``), on use.
     """
 
     def __init__(
@@ -49,10 +56,12 @@ class DurableJobs(Jobs):
         catalog: Callable[[], Catalog],
         *,
         max_body: int = MAX_BODY_BYTES,
+        secret: Callable[[], str | None] = lambda: FunctionsSettings.from_env().secret,
     ) -> None:
         super().__init__(max_body=max_body)
         self._client = client
         self._catalog = catalog
+        self._secret = secret
 
     @property
     def client(self) -> DurableClient:
@@ -64,9 +73,32 @@ class DurableJobs(Jobs):
     def catalog(self) -> Catalog:
         return self._catalog()
 
+    def keyed_id(self, slot: str) -> str:
+        return keyed_id(self.secret(), slot)
+
+    def secret(self) -> str:
+        """The installation's secret.
+
+        Raises:
+            ConfigError: it is not set, or too short (the message never shows it).
+        """
+        secret = self._secret() or ""
+        if len(secret) < MIN_SECRET_CHARS:
+            state = "is not set" if not secret else f"is shorter than {MIN_SECRET_CHARS} characters"
+            raise ConfigError(
+                f"{SECRET.name} {state}: requests with an Idempotency-Key need it (the secret their"
+                " job ids are made with; docs/azure.md, Settings)"
+            )
+        return secret
+
+    async def health(self) -> dict[str, Any]:
+        fields = await super().health()
+        self.secret()  # keyed submissions would fail: not healthy
+        return fields
+
     async def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
         # Durable's start_new silently replaces a finished instance with the same id: look first.
-        if job.idempotency_key is not None:
+        if job.idempotency_slot is not None:
             existing = await self.client.get_status(job.id, show_input=True)
             if existing:
                 return job_record(existing), False
@@ -75,7 +107,7 @@ class DurableJobs(Jobs):
         except Exception as exc:  # the durable client raises bare Exceptions with the host's message
             # With an Idempotency-Key, a concurrent twin request may have started the same
             # instance between our lookup and this call: the extension refuses to replace it.
-            if job.idempotency_key is not None:
+            if job.idempotency_slot is not None:
                 twin = await self.client.get_status(job.id, show_input=True)
                 if twin:
                     return job_record(twin), False
@@ -108,6 +140,12 @@ class DurableJobs(Jobs):
         await self.client.terminate(job_id, reason)
 
     async def purge(self, job_id: str) -> int:
+        status = await self.client.get_status(job_id)
+        if not status:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        if not is_terminal(status):
+            state = job_status(status.runtime_status).value
+            raise Conflict(f"job {job_id} is {state}: terminate it first, or wait for it to end")
         result: Any = await self.client.purge_instance_history(job_id)
         deleted = int(getattr(result, "instances_deleted", 0) or 0)
         if not deleted:

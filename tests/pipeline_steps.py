@@ -6,6 +6,8 @@ import os
 import time
 from typing import Any
 
+from nearline.errors import InvalidInput
+
 #: Inputs each process has computed, in order (tests inspect it in-process).
 COMPUTED: list[Any] = []
 
@@ -17,9 +19,9 @@ def record(items: list[Any]) -> list[Any]:
 
 
 def picky(item: dict[str, Any]) -> dict[str, Any]:
-    """Fails an item whose ``bad`` is true with ValueError (the job fails InvalidInput)."""
+    """Refuses an item whose ``bad`` is true with InvalidInput (the job fails InvalidInput)."""
     if item.get("bad"):
-        raise ValueError("this item is bad")
+        raise InvalidInput("this item is bad")
     return item
 
 
@@ -39,3 +41,13 @@ def slow(items: list[Any]) -> list[Any]:
     """Sleeps ``sleep`` seconds (the first item's), then echoes: keeps a batch in flight."""
     time.sleep(float(items[0].get("sleep", 0.5)) if items and isinstance(items[0], dict) else 0.5)
     return items
+
+
+def not_finite(item: dict[str, Any]) -> dict[str, Any]:
+    """A numerical bug: a 0/0 ratio comes out NaN (``"nan": false``: an infinity instead)."""
+    return {"ratio": float("nan") if item.get("nan", True) else float("inf"), "of": item}
+
+
+def lookup(item: dict[str, Any]) -> dict[str, Any]:
+    """A post-processing bug: reads a key no step wrote (a KeyError: the server's fault)."""
+    return {"label": item["scores"]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +17,31 @@ import azure.functions as func
 import pytest
 from durable_history import FakeDurableClient, run
 
+from nearline.idempotency import caller_scope, keyed_id, slot
 from nearline.jobs import JobRecord, status_document
 from nearline.pipelines.spec import Catalog, load_pipelines
-from nearline.submissions import job_id_for
 from orchestrations import http_api
 from orchestrations.azure_status import SCORING_ORCHESTRATOR, OrchestrationFailure, job_document
 
 BASE = "https://nearline-fn.azurewebsites.net"
 DIGITS = {"input": {"pixels": [0.0] * 64}}
 DOCUMENT_KEYS = set(status_document(JobRecord(id="x", pipeline="p", input=None)))
+SECRET = "test-installation-secret-" + "s" * 16
 
 
 @pytest.fixture
 def client() -> FakeDurableClient:
     return FakeDurableClient()
+
+
+@pytest.fixture(autouse=True)
+def installation_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEARLINE_SECRET", SECRET)
+
+
+def keyed(pipeline: str, key: str, api_key: str | None = None, secret: str = SECRET) -> str:
+    """The instance id of a keyed submission (an HMAC under the app's secret)."""
+    return keyed_id(secret, slot(caller_scope(api_key), pipeline, key))
 
 
 def request(
@@ -151,10 +163,68 @@ def test_the_same_idempotency_key_returns_the_same_job_and_starts_nothing_new(cl
     first = body_of(submit(client, catalog, "digits", DIGITS, headers=key))
     second = body_of(submit(client, catalog, "digits", DIGITS, headers=key))
     assert first == second
-    assert first["id"] == job_id_for("digits", "order-17")
+    assert first["id"] == keyed("digits", "order-17")
     assert client.calls_of("start_new") == [first["id"]]
     other = body_of(submit(client, catalog, "identity", {"input": {}}, headers=key))
     assert other["id"] != first["id"]  # keys are per pipeline
+
+
+def test_a_keyed_id_cannot_be_computed_without_the_installations_secret(
+    client, catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = {"Idempotency-Key": "order-18"}
+    ours = body_of(submit(client, catalog, "digits", DIGITS, headers=key))["id"]
+    old_namespace = uuid.UUID("6f1b7f43-5a51-4d0e-9a43-0c7d6c1e5a10")  # ids were uuid5(this, key)
+    assert ours != uuid.uuid5(old_namespace, "digits\norder-18").hex
+    monkeypatch.setenv("NEARLINE_SECRET", "another-installation-" + "t" * 16)
+    theirs = body_of(submit(FakeDurableClient(), catalog, "digits", DIGITS, headers=key))["id"]
+    assert theirs != ours and len(theirs) == len(ours) == 32
+
+
+def test_a_repeat_with_another_body_is_422_and_starts_nothing(client, catalog) -> None:
+    key = {"Idempotency-Key": "order-19"}
+    first = body_of(submit(client, catalog, "digits", DIGITS, headers=key))["id"]
+    resp = submit(client, catalog, "digits", {**DIGITS, "priority": "low"}, headers=key)
+    error = body_of(resp)["error"]
+    assert (resp.status_code, error["code"]) == (422, "IdempotencyKeyReused")
+    assert "order-19" in error["message"]
+    assert client.calls_of("start_new") == [first]
+    assert client.instances[first]["input"]["job"]["priority"] == "normal"
+
+
+def test_keys_are_scoped_to_the_callers_function_key(client, catalog) -> None:
+    def as_caller(api_key: str, body: Any, query: str = "") -> str:
+        headers = {"Idempotency-Key": "shared"}
+        if not query:
+            headers["x-functions-key"] = api_key
+        return str(body_of(submit(client, catalog, "digits", body, query, headers))["id"])
+
+    one = as_caller("k1", DIGITS)
+    two = as_caller("k2", {"input": {"pixels": [1.0] * 64}})
+    assert one != two
+    assert (one, two) == (keyed("digits", "shared", "k1"), keyed("digits", "shared", "k2"))
+    assert as_caller("k1", DIGITS, "?code=k1") == one
+
+
+def test_without_the_secret_a_keyed_submission_is_a_config_error(
+    client, catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NEARLINE_SECRET")
+    resp = submit(client, catalog, "digits", DIGITS, headers={"Idempotency-Key": "k"})
+    error = body_of(resp)["error"]
+    assert (resp.status_code, error["code"]) == (500, "ConfigError")
+    assert "NEARLINE_SECRET" in error["message"]
+    assert client.calls_of("start_new") == []
+    assert submit(client, catalog, "digits", DIGITS).status_code == 202  # unkeyed: unaffected
+    health = run(http_api.health(request("GET", "/api/health"), lambda: catalog))
+    assert (health.status_code, body_of(health)["error"]["code"]) == (500, "ConfigError")
+    assert "NEARLINE_SECRET" in body_of(health)["error"]["message"]
+
+
+def test_a_short_secret_is_refused(client, catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEARLINE_SECRET", "short")
+    resp = submit(client, catalog, "digits", DIGITS, headers={"Idempotency-Key": "k"})
+    assert resp.status_code == 500 and "NEARLINE_SECRET" in body_of(resp)["error"]["message"]
 
 
 def test_an_idempotent_retry_of_a_finished_job_gets_its_result_not_a_rerun(client, catalog) -> None:
@@ -167,7 +237,7 @@ def test_an_idempotent_retry_of_a_finished_job_gets_its_result_not_a_rerun(clien
 
 
 def test_a_concurrent_twin_with_the_same_key_gets_the_running_instance(client, catalog) -> None:
-    job_id = job_id_for("digits", "twin")
+    job_id = keyed("digits", "twin")
     real_start = client.start_new
 
     async def twin_wins(name: str, instance_id: str | None = None, client_input: Any = None) -> str:
@@ -288,11 +358,36 @@ def test_terminate_an_unknown_job_is_404(client) -> None:
 
 def test_purge_deletes_once_then_404(client, catalog) -> None:
     job_id = started_job(client, catalog)
+    client.set(job_id, "Completed", output={"label": 3})
     req = request("DELETE", f"/api/jobs/{job_id}", id=job_id)
     first = run(http_api.purge(req, client))
     assert (first.status_code, body_of(first)) == (200, {"instancesDeleted": 1})
     assert run(http_api.purge(req, client)).status_code == 404
     assert get_job(client, job_id).status_code == 404
+
+
+@pytest.mark.parametrize("runtime_status", ["Pending", "Running", "Suspended"])
+def test_purge_of_a_job_that_has_not_ended_is_409(client, catalog, runtime_status: str) -> None:
+    job_id = started_job(client, catalog)
+    client.set(job_id, runtime_status)
+    resp = run(http_api.purge(request("DELETE", f"/api/jobs/{job_id}", id=job_id), client))
+    error = body_of(resp)["error"]
+    assert (resp.status_code, error["code"]) == (409, "Conflict")
+    assert job_id in error["message"] and "terminate" in error["message"]
+    assert client.calls_of("purge_instance_history") == []
+    assert get_job(client, job_id).status_code == 202
+
+
+def test_after_a_purge_the_key_names_the_same_instance_again(client, catalog) -> None:
+    """What holds on Azure (docs/azure.md, Idempotency): no store keeps a map, so the key's
+    next request starts an instance with the same id, carrying its own input."""
+    key = {"Idempotency-Key": "again"}
+    job_id = body_of(submit(client, catalog, "digits", DIGITS, headers=key))["id"]
+    client.set(job_id, "Terminated", output="")
+    assert run(http_api.purge(request("DELETE", f"/api/jobs/{job_id}", id=job_id), client)).status_code == 200
+    other = {"input": {"pixels": [2.0] * 64}}
+    assert body_of(submit(client, catalog, "digits", other, headers=key))["id"] == job_id
+    assert client.instances[job_id]["input"]["job"]["input"] == other["input"]
 
 
 def test_an_unexpected_error_is_a_500_in_the_error_shape(client) -> None:

@@ -18,6 +18,7 @@ from serving import Server, free_port, running_server
 
 from nearline.client import (
     ApiBadRequest,
+    ApiError,
     ApiGone,
     ApiNotFound,
     ApiPayloadTooLarge,
@@ -102,10 +103,13 @@ def test_submit_with_wait_brings_the_document_back(server: Server) -> None:
 def test_idempotency_key_maps_to_one_job(server: Server) -> None:
     with Client(server.url) as client:
         first = client.submit("identity", {"v": 1}, idempotency_key="order-17")
-        again = client.submit("identity", {"v": 2}, idempotency_key="order-17")
+        again = client.submit("identity", {"v": 1}, idempotency_key="order-17")
         other = client.submit("digits", {"pixels": PIXELS}, idempotency_key="order-17")
         assert again.id == first.id != other.id
         assert again.result(timeout=30) == {"v": 1}
+        with pytest.raises(ApiError) as reused:  # the key, for another request (docs/api.md)
+            client.submit("identity", {"v": 2}, idempotency_key="order-17")
+        assert (reused.value.status, reused.value.code) == (422, "IdempotencyKeyReused")
 
 
 def test_request_errors_are_typed(server: Server) -> None:

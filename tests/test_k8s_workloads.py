@@ -37,6 +37,7 @@ from k8s_validation import (  # noqa: F401 - fixtures, registered by name
 
 from nearline import constants as c
 from nearline import settings
+from nearline.addresses import is_loopback
 
 #: Time after the lease for a worker to publish results and settle the batch it holds on SIGTERM.
 SETTLE_ALLOWANCE_S = 15
@@ -61,6 +62,9 @@ def test_worker_probes_and_port_are_the_workers(build: list[Obj]) -> None:
         container = worker_container(deployment)
         env = env_of(container, build)
         assert int(env.get(settings.WORKER_PORT.name) or c.WORKER_PORT) == c.WORKER_PORT
+        # The default is loopback (no key on these endpoints); probes and scrapes come to the pod IP.
+        host = env.get(settings.WORKER_HOST.name)
+        assert host and not is_loopback(host), "the worker must bind the pod's address explicitly"
         assert c.WORKER_PORT in [p["containerPort"] for p in container["ports"]]
         for probe, path in (
             ("livenessProbe", "/healthz"),

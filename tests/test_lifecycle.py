@@ -10,8 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from nearline.addresses import AllowList
 from nearline.brokers.memory import MemoryBroker
+from nearline.callbacks import CallbackSender
 from nearline.constants import RESPONSE_QUEUE
+from nearline.errors import BrokerError
 from nearline.jobs import JobRecord, JobStatus
 from nearline.lifecycle import Lifecycle
 from nearline.messages import ResultMessage
@@ -37,7 +40,8 @@ def _poll(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-d
 @pytest.fixture
 def parts() -> Iterator[tuple[MemoryBroker, MemoryStore, Lifecycle]]:
     broker, store = MemoryBroker(), MemoryStore()
-    life = Lifecycle(broker, store)
+    # The callback receivers of these tests are on loopback, which callbacks reach only when allowed.
+    life = Lifecycle(broker, store, callbacks=CallbackSender(AllowList.parse("127.0.0.1/32")))
     life.start()
     yield broker, store, life
     life.stop()
@@ -125,3 +129,35 @@ def test_callback_receives_the_status_document(parts, end: str) -> None:  # type
     assert got[0]["instanceId"] == "cb"
     assert got[0]["output"] == ({"label": 7} if end == "result" else "stop")
     assert got[0]["runtimeStatus"] == ("Completed" if end == "result" else "Terminated")
+
+
+class FlakyBroker(MemoryBroker):
+    """A memory broker whose settles fail ``failures`` times, as Redis does while it restarts."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def complete_many(self, deliveries):  # type: ignore[no-untyped-def]
+        if self.failures > 0 and deliveries:
+            self.failures -= 1
+            raise BrokerError("Connection closed by server")
+        return super().complete_many(deliveries)
+
+
+def test_the_results_loop_rides_out_a_failing_broker() -> None:
+    """A BrokerError while settling results must not end the results thread: later results
+    are still applied (the unsettled ones come back after their lease)."""
+    broker, store = FlakyBroker(failures=1), MemoryStore()
+    life = Lifecycle(broker, store)
+    life.start()
+    try:
+        store.create(_job("f1"))
+        broker.send(RESPONSE_QUEUE, ResultMessage.completed("f1", {"n": 1}).to_json(), message_id="f1")
+        assert _poll(lambda: broker.failures == 0)
+        store.create(_job("f2"))
+        broker.send(RESPONSE_QUEUE, ResultMessage.completed("f2", {"n": 2}).to_json(), message_id="f2")
+        assert _poll(lambda: store.get("f2").status is JobStatus.COMPLETED, timeout=10)
+        assert store.get("f1").status is JobStatus.COMPLETED
+    finally:
+        life.stop()

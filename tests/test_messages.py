@@ -63,3 +63,26 @@ def test_result_completed_and_failed_shapes() -> None:
 def test_bad_result_bodies_are_message_errors(body: bytes) -> None:
     with pytest.raises(MessageError):
         ResultMessage.from_json(body)
+
+
+def test_a_deep_input_encodes_without_recursing_per_level() -> None:
+    """600 levels broke ``dataclasses.asdict`` (a RecursionError the API turned into a 503)."""
+    deep: list[object] = []
+    for _ in range(600):
+        deep = [deep]
+    msg = RequestMessage("j", "identity", {"v": deep}, 1.0)
+    assert json.loads(msg.to_json())["input"] == {"v": deep}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_never_travel(value: float) -> None:
+    """JSON has no NaN or Infinity: a message holding one is refused when sent and received."""
+    with pytest.raises(ValueError, match="JSON compliant"):
+        ResultMessage.completed("j", {"p": [value]}).to_json()
+    with pytest.raises(ValueError, match="JSON compliant"):
+        RequestMessage("j", "p", {"p": value}, 1.0).to_json()
+    literal = json.dumps(value).encode()  # Python writes NaN, Infinity, -Infinity
+    with pytest.raises(MessageError, match="not a finite number"):
+        ResultMessage.from_json(b'{"id": "j", "status": "Completed", "output": {"p": [' + literal + b"]}}")
+    with pytest.raises(MessageError, match="not a finite number"):
+        RequestMessage.from_json(b'{"id": "j", "pipeline": "p", "enqueued_at": 1, "input": ' + literal + b"}")

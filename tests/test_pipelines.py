@@ -43,9 +43,14 @@ def test_example_pipelines_load(catalog: Catalog) -> None:
         topics.name = "other"  # type: ignore[misc]
 
 
-def test_unknown_pipeline_names_it(catalog: Catalog) -> None:
-    with pytest.raises(UnknownPipeline, match="'nope'"):
+def test_unknown_pipeline_names_it_and_lists_the_pipelines(catalog: Catalog) -> None:
+    with pytest.raises(UnknownPipeline) as err:
         catalog.get("nope")
+    assert err.value.message == "unknown pipeline 'nope'; the pipelines are: digits, topics, identity"
+    with pytest.raises(UnknownPipeline) as err:
+        catalog.get("x" * 5000 + "\ud800")  # from a URL: quoted back short, and encodable
+    assert len(err.value.message) < 200 and "the pipelines are: digits" in err.value.message
+    err.value.message.encode("utf-8")
 
 
 @pytest.mark.parametrize(

@@ -329,7 +329,7 @@ def test_poison_is_dead_lettered_and_the_jobs_around_it_complete(tmp_path: Path,
             # Its worker dies at once; once the supervisor has seen it die, later jobs cannot
             # share the poison's first batch.
             wait_until(
-                lambda: "restarting" in server.output(), 30, "the poison's worker to die", interval=0.1
+                lambda: "starting it again" in server.output(), 30, "the poison's worker to die", interval=0.1
             )
             after = [run("identity", {"n": i}) for i in range(5, 10)]
             wait_until(
@@ -339,7 +339,7 @@ def test_poison_is_dead_lettered_and_the_jobs_around_it_complete(tmp_path: Path,
             assert all(status(j, wait=30)["runtimeStatus"] == "Completed" for j in after)
         [dead] = broker.dead_letters(REQUEST_QUEUE)
         assert (dead.message_id, dead.delivery_count) == (poison, 3)
-        assert "restarting" in server.output()
+        assert "starting it again" in server.output()
     finally:
         stop_server(server)
         broker.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,41 @@ class DropRow(torch.nn.Module):
         return x[1:]
 
 
+class Unstable(torch.nn.Module):
+    """``x``, but NaN in every row holding a number over 100 (a numerical failure)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where((x > 100).any(dim=1, keepdim=True), torch.full_like(x, float("nan")), x)
+
+
 def prepare(item: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Per-item step: RuntimeError on 'boom' (a step bug), KeyError/ValueError on bad items."""
+    """Per-item step: InvalidInput on 'refuse' (its word on the input); on 'boom' or an item
+    without ``x`` it raises RuntimeError / KeyError (bugs, as far as the runner can tell)."""
+    if item.get("refuse"):
+        raise InvalidInput("x must be two numbers")
     if item.get("boom"):
         raise RuntimeError("boom")
     return {"x": np.asarray(item["x"], dtype=np.float32)}
+
+
+def unstorable(item: dict[str, Any]) -> Any:
+    """Per-item step returning what its ``kind`` names: a storable output or one of the others."""
+    deep: list[Any] = []
+    for _ in range(70):
+        deep = [deep]
+    loop: list[Any] = []
+    loop.append(loop)
+    return {
+        "ok": {"v": [1.5, None, "é", {"w": True}]},
+        "nan": {"v": [1.0, float("nan")]},
+        "inf": {"v": {"w": float("-inf")}},
+        "numpy": {"v": np.float32(0.5)},
+        "array": {"v": np.zeros(2)},
+        "surrogate": {"v": "\udc80"},
+        "huge": {"v": 10**400},
+        "deep": deep,
+        "loop": loop,
+    }[item["kind"]]
 
 
 def finish(item: dict[str, np.ndarray]) -> list[float]:
@@ -64,10 +95,20 @@ def _pipeline(name: str, model: str) -> str:
 
 
 TINY = f"""
-pipelines:{_pipeline("double", "double")}{_pipeline("drop", "droprow")}
+pipelines:{_pipeline("double", "double")}{_pipeline("drop", "droprow")}{_pipeline("unstable", "unstable")}
   short:
     input_schema: {{type: object}}
     deployment: {{name: v1, steps: [{{name: lose, function: "{HERE}:lose_one", batch: true}}]}}
+  unstorable:
+    input_schema: {{type: object}}
+    deployment: {{name: v1, steps: [{{name: odd, function: "{HERE}:unstorable"}}]}}
+  model-last:
+    input_schema: {{type: object}}
+    deployment:
+      name: v1
+      steps:
+        - {{name: prepare, function: "{HERE}:prepare"}}
+        - {{name: model, model: double, version: 1, inputs: {{INPUT__0: x}}}}
 """
 
 
@@ -80,7 +121,7 @@ def _catalog(tmp_path: Path, text: str) -> Catalog:
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository:
     root = tmp_path_factory.mktemp("models")
-    for name, module in (("double", Double()), ("droprow", DropRow())):
+    for name, module in (("double", Double()), ("droprow", DropRow()), ("unstable", Unstable())):
         config = model_config(name, [(pb.TYPE_FP32, [2])], [(pb.TYPE_FP32, [2])])
         config.max_batch_size = 4
         save_model(root / name, module, config)
@@ -102,14 +143,63 @@ def examples(models_dir: Path, pipelines_file: Path) -> PipelineRunner:
 
 
 def test_one_bad_item_fails_alone(tiny: PipelineRunner) -> None:
-    inputs = [{"x": [1, 2]}, {"boom": True}, {"y": 1}, {"x": [1, 2, 3]}, {"x": ["a", 2]}, 5, {"x": [3, 4]}]
+    inputs = [{"x": [1, 2]}, {"boom": True}, {"refuse": 1}, {"x": [1, 2, 3]}, 5, {"x": [3, 4]}]
     results = tiny.run("double", inputs).results
     assert results[0] == [2.0, 4.0] and results[-1] == [6.0, 8.0]
     assert isinstance(results[1], StepError) and "step 'prepare': RuntimeError: boom" in results[1].message
-    assert isinstance(results[2], InvalidInput) and "KeyError" in results[2].message
+    assert isinstance(results[2], InvalidInput) and results[2].message == "x must be two numbers"
     assert isinstance(results[3], InvalidInput) and "shape [3]" in results[3].message
-    assert isinstance(results[4], InvalidInput) and "ValueError" in results[4].message
-    assert isinstance(results[5], InvalidInput) and results[5].message == "input: 5 is not of type 'object'"
+    assert isinstance(results[4], InvalidInput) and results[4].message == "input: 5 is not of type 'object'"
+
+
+def test_a_step_bug_is_a_step_error_logged_with_its_traceback(
+    tiny: PipelineRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A KeyError or ValueError out of a step is the step's bug (the server's fault), not the
+    caller's: only a step's explicit InvalidInput says the input is unusable."""
+    with caplog.at_level(logging.ERROR, logger="nearline.pipelines"):
+        results = tiny.run("double", [{"y": 1}, {"x": ["a", 2]}, {"x": [1, 2]}, {"y": 2}]).results
+    assert isinstance(results[0], StepError) and "step 'prepare': KeyError: 'x'" in results[0].message
+    assert isinstance(results[1], StepError) and "ValueError" in results[1].message
+    assert results[2] == [2.0, 4.0] and isinstance(results[3], StepError)
+    (record,) = caplog.records  # one line for the batch, with the first traceback
+    assert "step 'prepare' raised (and 2 more items)" in record.getMessage()
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+
+
+@pytest.mark.parametrize(
+    ("kind", "where"),
+    [
+        ("nan", "output.v[1]: NaN is not a finite number"),
+        ("inf", "output.v.w: -Infinity is not a finite number"),
+        ("numpy", "output.v: a float32 is not a JSON value"),
+        ("array", "output.v: a ndarray is not a JSON value"),
+        ("surrogate", "output.v: the string holds a lone UTF-16 surrogate"),
+        ("huge", "output.v: an integer of 401 digits is out of range"),
+        ("deep", "nest deeper than 64 levels"),
+        ("loop", "nest deeper than 64 levels"),
+    ],
+)
+def test_an_output_that_cannot_be_stored_fails_its_item_alone(
+    tiny: PipelineRunner, kind: str, where: str
+) -> None:
+    ok, bad, ok_too = tiny.run("unstorable", [{"kind": "ok"}, {"kind": kind}, {"kind": "ok"}]).results
+    assert ok == ok_too == {"v": [1.5, None, "é", {"w": True}]}
+    assert isinstance(bad, StepError), bad
+    assert bad.message.startswith("step 'odd' returned an output that cannot be stored: ")
+    assert where in bad.message
+
+
+def test_a_model_returning_nan_fails_that_item_alone(tiny: PipelineRunner) -> None:
+    results = tiny.run("unstable", [{"x": [1, 2]}, {"x": [101, 2]}, {"x": [3, 4]}]).results
+    assert results[0] == [1.0, 2.0] and results[2] == [3.0, 4.0]
+    assert isinstance(results[1], ModelError)
+    assert results[1].message == "step 'model': model 'unstable' returned NaN in y"
+
+
+def test_a_model_as_the_last_step_must_still_give_json(tiny: PipelineRunner) -> None:
+    (result,) = tiny.run("model-last", [{"x": [1, 2]}]).results
+    assert isinstance(result, ModelError) and "output.x: a ndarray is not a JSON value" in result.message
 
 
 def test_batches_over_max_batch_size_run_in_chunks_in_order(tiny: PipelineRunner) -> None:
@@ -188,9 +278,13 @@ def test_identity_returns_its_input(examples: PipelineRunner) -> None:
         ),
         (
             "{name: m, model: double, version: 1, inputs: {INPUT__9: x}}",
-            "model 'double' has no tensor 'INPUT__9'",
+            "model 'double' has no input tensor 'INPUT__9'; its inputs are INPUT__0, its outputs OUTPUT__0",
         ),
-        ("{name: m, model: absent, version: 1}", "models missing from the repository"),
+        (
+            "{name: m, model: double, version: 1, outputs: {INPUT__0: x}}",
+            "model 'double' has no output tensor 'INPUT__0'; its inputs are INPUT__0, its outputs OUTPUT__0",
+        ),
+        ("{name: m, model: absent, version: 1}", "(it has: double [1], droprow [1], unstable [1])"),
         ("{name: m, model: double, version: 3}", "model 'double' version 3"),
     ],
 )

@@ -1,6 +1,8 @@
 """The Service Bus broker: wire mapping offline, and live checks against a real namespace.
 
-The mapping tests build real ``azure-servicebus`` message objects (no namespace needed). The live
+The mapping tests build real ``azure-servicebus`` message objects (no namespace needed); the error
+tests put a stand-in for the SDK's client under the broker that raises the SDK's own exceptions,
+to check which ones the broker reports as transient (``BrokerError``: the worker retries them). The live
 tests run only when ``NEARLINE_SERVICEBUS_NAMESPACE`` (identity: ``az login`` or workload
 identity, with *Azure Service Bus Data Owner* on the namespace) or
 ``NEARLINE_SERVICEBUS_CONNECTION`` (a connection string with Manage rights) is set, and are
@@ -16,13 +18,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusReceivedMessage
+from azure.servicebus import exceptions as sb
 from azure.servicebus._pyamqp.message import Header, Message, Properties  # to build received messages
 
 from nearline.brokers import open_broker
+from nearline.brokers.base import LeaseLost
 from nearline.brokers.servicebus import ServiceBusBroker
 from nearline.brokers.servicebus_wire import (
     PROBE_S,
@@ -34,7 +40,13 @@ from nearline.brokers.servicebus_wire import (
     to_delivery,
 )
 from nearline.constants import REQUEST_QUEUE, RESPONSE_QUEUE
-from nearline.errors import ConfigError
+from nearline.errors import BrokerError, ConfigError, PayloadTooLarge
+from nearline.messages import RequestMessage, ResultMessage
+from nearline.models.repository import ModelRepository
+from nearline.pipelines.runner import PipelineRunner
+from nearline.pipelines.spec import load_pipelines
+from nearline.worker import Worker, WorkerConfig
+from nearline.worker.outage import Backoff
 
 CONNECTION = "Endpoint=sb://nl-test.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=c2VjcmV0"
 
@@ -199,6 +211,169 @@ def test_a_dead_lettered_message_keeps_its_reason() -> None:
         "PoisonMessage: delivered 5 times",
         2,
     )
+
+
+# --- errors: transient ones are BrokerError (retried), the rest are not ----------------------
+
+
+#: The queues the stubs stand for (one lane: the broker is opened with ``lanes=["normal"]``).
+REQUEST_NAME = lane_queue(REQUEST_QUEUE, "normal")
+RESULT_NAME = lane_queue(RESPONSE_QUEUE, "normal")
+WORKER_PIPELINES = Path(__file__).parent / "data" / "worker_pipelines.yaml"
+
+
+class StubSender:
+    """The SDK's sender, failing with ``failures`` (in turn) before it sends."""
+
+    def __init__(self, failures: list[Exception]) -> None:
+        self.failures = failures
+        self.sent: list[ServiceBusMessage] = []
+
+    def create_message_batch(self) -> ServiceBusMessageBatch:
+        return ServiceBusMessageBatch(max_size_in_bytes=256 * 1024)
+
+    def send_messages(self, batch: ServiceBusMessageBatch) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent += batch._messages
+
+
+class StubReceiver:
+    """The SDK's receiver: hands out ``messages`` once; settling fails with ``failures`` first."""
+
+    def __init__(self, messages: list[ServiceBusReceivedMessage], failures: list[Exception]) -> None:
+        self.messages, self.failures = messages, failures
+        self.receive_failures: list[Exception] = []
+        self.completed: list[ServiceBusReceivedMessage] = []
+
+    def __enter__(self) -> StubReceiver:
+        return self
+
+    def receive_messages(self, max_message_count: int, max_wait_time: float) -> list[Any]:
+        if self.receive_failures:
+            raise self.receive_failures.pop(0)
+        out, self.messages = self.messages[:max_message_count], self.messages[max_message_count:]
+        return out
+
+    def complete_message(self, message: ServiceBusReceivedMessage) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.completed.append(message)
+
+
+class StubClient:
+    """``ServiceBusClient``: one stub sender and one stub receiver per queue name."""
+
+    def __init__(self) -> None:
+        self.senders: dict[str, StubSender] = {}
+        self.receivers: dict[str, StubReceiver] = {}
+
+    def sender(self, name: str) -> StubSender:
+        return self.senders.setdefault(name, StubSender([]))
+
+    def receiver(self, name: str) -> StubReceiver:
+        return self.receivers.setdefault(name, StubReceiver([], []))
+
+    def get_queue_sender(self, name: str) -> StubSender:
+        return self.sender(name)
+
+    def get_queue_receiver(self, name: str, **_options: Any) -> StubReceiver:
+        return self.receiver(name)
+
+
+@pytest.fixture
+def stubbed(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ServiceBusBroker, StubClient]]:
+    client = StubClient()
+    monkeypatch.setattr(
+        "azure.servicebus.ServiceBusClient.from_connection_string", staticmethod(lambda _: client)
+    )
+    broker = ServiceBusBroker(CONNECTION, lanes=["normal"])
+    try:
+        yield broker, client
+    finally:
+        broker.close()
+
+
+#: What the SDK raises for failures that pass; its own ``retryable`` says so for most of them,
+#: and a full queue (quota) drains, a token endpoint that failed answers the next time.
+TRANSIENT = [
+    sb.ServiceBusConnectionError(message="connection lost"),
+    sb.ServiceBusCommunicationError(message="cannot reach the namespace"),
+    sb.OperationTimeoutError(message="operation timed out"),
+    sb.ServiceBusServerBusyError(message="server busy"),
+    sb.ServiceBusQuotaExceededError(message="queue full"),
+    sb.MessagingEntityDisabledError(message="queue disabled"),
+    sb.ServiceBusAuthenticationError(message="token expired"),
+    sb.ServiceBusError("something else went wrong"),
+    ServiceRequestError("token endpoint unreachable"),
+    ClientAuthenticationError("token request failed"),
+]
+
+
+@pytest.mark.parametrize("error", TRANSIENT, ids=lambda e: type(e).__name__)
+def test_transient_failures_are_broker_errors(
+    stubbed: tuple[ServiceBusBroker, StubClient], error: Exception
+) -> None:
+    broker, client = stubbed
+    client.sender(RESULT_NAME).failures.append(error)
+    with pytest.raises(BrokerError) as sent:
+        broker.send(RESPONSE_QUEUE, b"{}", message_id="r1")
+    client.receiver(REQUEST_NAME).receive_failures.append(error)
+    with pytest.raises(BrokerError) as received_:
+        broker.receive(REQUEST_QUEUE, 1, 0.0)
+    for raised in (sent.value, received_.value):
+        assert not isinstance(raised, LeaseLost) and str(error) in raised.message
+    broker.send(RESPONSE_QUEUE, b"{}", message_id="r1")  # and the next try goes through
+    assert len(client.sender(RESULT_NAME).sent) == 1
+
+
+def test_a_settle_that_failed_transiently_keeps_the_lease_for_the_retry(
+    stubbed: tuple[ServiceBusBroker, StubClient],
+) -> None:
+    broker, client = stubbed
+    receiver = client.receiver(REQUEST_NAME)
+    receiver.messages.append(received(0, body=[b"{}"], message_id="job-1"))
+    receiver.failures.append(sb.ServiceBusConnectionError(message="connection lost"))
+    (delivery,) = broker.receive(REQUEST_QUEUE, 1, 0.0)
+    with pytest.raises(BrokerError) as first:
+        broker.complete(delivery)
+    assert not isinstance(first.value, LeaseLost)
+    broker.complete(delivery)
+    assert [m.message_id for m in receiver.completed] == ["job-1"]
+
+
+def test_failures_that_do_not_pass_are_not_broker_errors(
+    stubbed: tuple[ServiceBusBroker, StubClient],
+) -> None:
+    broker, client = stubbed
+    client.sender(RESULT_NAME).failures.append(sb.MessageSizeExceededError(message="over 256 KB"))
+    with pytest.raises(PayloadTooLarge, match="size limit"):
+        broker.send(RESPONSE_QUEUE, b"{}", message_id="r1")
+    client.receiver(REQUEST_NAME).receive_failures.append(sb.MessagingEntityNotFoundError(message="no queue"))
+    with pytest.raises(ConfigError, match="no such queue"):
+        broker.receive(REQUEST_QUEUE, 1, 0.0)
+
+
+def test_a_worker_rides_out_transient_service_bus_failures(
+    stubbed: tuple[ServiceBusBroker, StubClient], tmp_path: Path
+) -> None:
+    broker, client = stubbed
+    request = RequestMessage("job-1", "record", {"n": 1}, time.time())
+    client.receiver(REQUEST_NAME).messages.append(received(0, body=[request.to_json()], message_id="job-1"))
+    client.sender(RESULT_NAME).failures += [
+        sb.ServiceBusServerBusyError(message="server busy"),
+        sb.OperationTimeoutError(message="operation timed out"),
+    ]
+    client.receiver(REQUEST_NAME).failures.append(sb.ServiceBusConnectionError(message="connection lost"))
+    runner = PipelineRunner(load_pipelines(WORKER_PIPELINES), ModelRepository(tmp_path))
+    worker = Worker(
+        broker, runner, config=WorkerConfig(max_batch=4), backoff=Backoff(first_s=0.01, max_s=0.05)
+    )
+    worker.process(broker.receive(REQUEST_QUEUE, 4, 0.0))
+    (sent,) = client.sender(RESULT_NAME).sent
+    assert ResultMessage.from_json(b"".join(sent.body)).output == {"echo": {"n": 1}}
+    assert [m.message_id for m in client.receiver(REQUEST_NAME).completed] == ["job-1"]
+    assert not worker.outage.down
 
 
 # --- live, against a real namespace -----------------------------------------------------------

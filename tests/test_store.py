@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import require_server
+from waiting import wait_until
 
 from nearline.brokers import open_broker
 from nearline.jobs import JobRecord, JobStatus, error_output
@@ -89,6 +90,9 @@ def test_create_then_get_round_trips_every_field(store: StatusStore) -> None:
         priority="high",
         idempotency_key="key-1",
         callback_url="https://example.test/hook",
+        idempotency_slot="slot-1",
+        fingerprint="fingerprint-1",
+        enqueued=False,
     )
     unset = [
         f.name for f in fields(JobRecord) if f.default is not MISSING and getattr(j, f.name) == f.default
@@ -188,6 +192,73 @@ def test_delete(store: StatusStore) -> None:
     assert store.get(j.id) is None
     assert store.delete(j.id) is False
     assert store.create(j) == (j, True)  # the id is free again
+
+
+# --- idempotency slots (nearline/idempotency.py): one job per slot, freed with its record -------
+
+
+def test_a_slot_is_held_by_one_job(store: StatusStore) -> None:
+    first = job(idempotency_slot="s", fingerprint="f1")
+    assert store.create(first) == (first, True)
+    twin = job(idempotency_slot="s", fingerprint="f2")  # another id, the same slot
+    assert store.create(twin) == (first, False)
+    assert store.get(twin.id) is None
+    assert store.keyed("s") == first
+    assert store.keyed("no-such-slot") is None
+    other = job(idempotency_slot="t")
+    assert store.create(other) == (other, True)
+    assert store.keyed("t") == other
+
+
+def test_deleting_a_job_frees_its_slot_for_a_new_job(store: StatusStore) -> None:
+    first = job(idempotency_slot="s")
+    store.create(first)
+    store.finish(first.id, JobStatus.TERMINATED, "", T0 + 1)
+    assert store.delete(first.id)
+    assert store.keyed("s") is None
+    second = job(idempotency_slot="s")
+    assert store.create(second) == (second, True)
+    assert store.keyed("s") == second
+    assert store.create(first) == (second, False)  # the purged job cannot take its slot back
+    assert store.get(first.id) is None
+
+
+def test_retention_frees_the_slots_of_the_records_it_purges(store: StatusStore) -> None:
+    old, kept = job(idempotency_slot="old"), job(idempotency_slot="kept")
+    store.create(old)
+    store.create(kept)
+    store.finish(old.id, JobStatus.COMPLETED, {}, T0 + 1)
+    assert store.purge_terminal(T0 + 50) == 1
+    assert store.keyed("old") is None and store.keyed("kept") == kept
+    again = job(idempotency_slot="old")
+    assert store.create(again) == (again, True)
+
+
+def test_mark_enqueued(store: StatusStore) -> None:
+    claimed = job(idempotency_slot="s", enqueued=False)
+    store.create(claimed)
+    assert store.mark_enqueued(claimed.id) is True
+    got = store.get(claimed.id)
+    assert got is not None and got.enqueued and store.keyed("s") == got
+    assert store.mark_enqueued("no-such-job") is False
+    assert store.get("no-such-job") is None  # never creates a record
+
+
+def test_a_slot_expires_with_its_record_on_redis(tmp_path: Path) -> None:
+    _redis(tmp_path)  # skips without a server; empties the database
+    from nearline.store.redis_hashes import RedisStore
+
+    store = RedisStore(f"redis://127.0.0.1:6379/{REDIS_DB}", retention_s=0.05)
+    try:
+        first = job(idempotency_slot="s")
+        store.create(first)
+        store.finish(first.id, JobStatus.COMPLETED, {}, T0 + 1)
+        wait_until(lambda: store.get(first.id) is None, 5, "the record's TTL")
+        assert store.keyed("s") is None
+        second = job(idempotency_slot="s")
+        assert store.create(second) == (second, True)
+    finally:
+        store.close()
 
 
 def test_overdue_lists_open_jobs_past_their_deadline(store: StatusStore) -> None:

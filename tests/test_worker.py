@@ -51,11 +51,12 @@ def runner(tmp_path: Path) -> PipelineRunner:
 
 @pytest.fixture
 def system(runner: PipelineRunner) -> Iterator[tuple[MemoryBroker, MemoryStore, Worker]]:
+    """A worker without a status store (as on Azure): the tests send requests without records.
+    With a store, a worker skips a request whose record is gone (tests/test_idempotency.py)."""
     broker, store = MemoryBroker(), MemoryStore()
     worker = Worker(
         broker,
         runner,
-        store=store,
         config=WorkerConfig(max_batch=8, max_wait_ms=20, lease_s=5, max_deliveries=3, idle_wait_s=0.05),
     )
     stop = threading.Event()
@@ -141,8 +142,9 @@ def test_an_expired_request_is_never_computed(system) -> None:  # type: ignore[n
     assert pipeline_steps.COMPUTED == [{"late": False}]
 
 
-def test_terminated_jobs_are_skipped_and_others_marked_running(system) -> None:  # type: ignore[no-untyped-def]
-    broker, store, worker = system
+def test_terminated_jobs_are_skipped_and_others_marked_running(system, runner) -> None:  # type: ignore[no-untyped-def]
+    broker, store, _ = system
+    worker = Worker(broker, runner, store=store)
     pipeline_steps.COMPUTED.clear()
     for job_id in ("t", "p"):
         store.create(JobRecord(job_id, "record", {"id": job_id}))

@@ -36,11 +36,18 @@ Operator settings the no-loss promise needs (details in ``docs/redis.md``):
   With ``noeviction`` a full Redis refuses sends (the API answers 503) and loses nothing.
 * memory: about (body + ~400 bytes) per queued message (measured), plus job records (see the
   store: ~1.5 KB each for the example pipelines, kept for the retention period).
+
+Errors: a failure that passes (Redis unreachable, loading its data after a restart, a replica
+not yet promoted, full under ``noeviction``, busy in a script) is a :class:`BrokerError`, which
+callers retry (the worker until Redis answers, the API with 503 + ``Retry-After``); any other
+refusal (``WRONGTYPE`` on a key someone else wrote, ``NOPERM``, a script's error) fails the same
+way every time, so it is a plain :class:`NearlineError` (:func:`redis_error`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -56,7 +63,7 @@ from nearline.brokers.base import Broker, DeadLetter, Delivery, LeaseLost
 from nearline.brokers.redis_lua import SCRIPTS
 from nearline.claim_check import ClaimCheck
 from nearline.constants import DEFAULT_LANE, LANES, LEASE_S
-from nearline.errors import BrokerError
+from nearline.errors import BrokerError, NearlineError
 
 #: The consumer group on every lane stream (KEDA's ``consumerGroup``).
 GROUP = "nearline"
@@ -77,6 +84,19 @@ EXPIRY_SCAN = 1000
 #: Empty consumers of other processes idle this long are forgotten when a broker closes.
 FORGET_IDLE_S = 3600.0
 
+#: Redis errors that pass: retrying the same call later can succeed.
+TRANSIENT_ERRORS: tuple[type[redis.RedisError], ...] = (
+    redis.ConnectionError,  # refused, reset, closed; also LOADING (BusyLoadingError) after a restart
+    redis.TimeoutError,
+    redis.exceptions.InvalidResponse,  # a connection cut mid-reply
+    redis.exceptions.OutOfMemoryError,  # full under noeviction: consumers free memory
+    redis.exceptions.ReadOnlyError,  # a failover in progress: the primary became a replica
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,  # also MASTERDOWN
+)
+#: Transient replies redis-py has no class for (a pipeline's error puts text before them).
+_TRANSIENT_REPLY = re.compile(r"(?:^|: )(?:BUSY|NOREPLICAS) ")
+
 _HORIZON_MS = int(LEASE_HORIZON_S * 1000)
 T = TypeVar("T")
 
@@ -89,6 +109,13 @@ def stream_key(queue: str, lane: str) -> str:
 def dead_key(queue: str) -> str:
     """The dead-letter stream of ``queue``."""
     return f"{queue}:dead"
+
+
+def redis_error(what: str, exc: redis.RedisError) -> NearlineError:
+    """``exc`` as nearline's error: :class:`BrokerError` when it passes, else :class:`NearlineError`."""
+    if isinstance(exc, TRANSIENT_ERRORS) or _TRANSIENT_REPLY.search(str(exc)):
+        return BrokerError(f"{what}: {exc}")
+    return NearlineError(f"{what}: Redis refused the operation: {exc}")
 
 
 def connect(url: str, own_options: Sequence[str]) -> tuple[redis.Redis, dict[str, str], str]:
@@ -132,7 +159,7 @@ class RedisBroker(Broker):
             self._ready.add(queue)
 
     def _call(self, queue: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` with the queue's groups in place; Redis errors become BrokerError."""
+        """Run ``fn`` with the queue's groups in place; Redis errors become :func:`redis_error`'s."""
         try:
             self._ensure_groups(queue)
             try:
@@ -145,7 +172,7 @@ class RedisBroker(Broker):
                 self._ensure_groups(queue)
                 return fn()
         except redis.RedisError as exc:
-            raise BrokerError(f"redis broker {self.url}: {exc}") from exc
+            raise redis_error(f"redis broker {self.url}", exc) from exc
 
     def _script(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
         return self._scripts[name](keys=keys, args=args, client=client)

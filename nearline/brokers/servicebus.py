@@ -19,6 +19,11 @@ is abandoned (redelivered at once, count + 1, like an expired lock) and the lock
 a lease outlasts it, so the queue's lock duration (set it to ``LEASE_S``) matters only when a
 process dies. ``depth`` reads runtime properties (Manage right / *Data Owner*), which Service Bus
 updates with a short delay.
+
+Errors (:func:`servicebus_error`): a failure that passes (connection lost, timeout, server busy,
+a full or disabled queue, a token that could not be refreshed) is a :class:`BrokerError`, which
+callers retry (the worker until the namespace answers); a message over the queue's size limit is
+:class:`PayloadTooLarge` and a missing queue :class:`ConfigError`: neither passes by retrying.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from nearline.brokers.servicebus_wire import (
     to_delivery,
 )
 from nearline.constants import DEFAULT_LANE, LANES, LEASE_S, MAX_DELIVERIES
-from nearline.errors import BrokerError
+from nearline.errors import BrokerError, ConfigError, NearlineError, PayloadTooLarge
 
 #: With a single lane a receive blocks for up to this long per call (other lanes are probed in
 #: turn, see servicebus_wire.PROBE_S); bounded so settling threads get the receiver in between.
@@ -116,14 +121,15 @@ class ServiceBusBroker(Broker):
         lane: str = DEFAULT_LANE,
         ttl_s: float | None = None,
     ) -> None:
+        from azure.core.exceptions import AzureError
         from azure.servicebus import ServiceBusMessage
-        from azure.servicebus.exceptions import MessageSizeExceededError, ServiceBusError
+        from azure.servicebus.exceptions import MessageSizeExceededError
 
         name = lane_queue(queue, lane)
         if not messages or (ttl_s is not None and ttl_s <= 0):
             return  # nothing to send, or dead on arrival
-        sender, guard = self._entity(self._senders, name, lambda: self._client.get_queue_sender(name))
         try:
+            sender, guard = self._entity(self._senders, name, lambda: self._client.get_queue_sender(name))
             with guard:
                 batch = sender.create_message_batch()
                 for message_id, body in messages:
@@ -139,8 +145,8 @@ class ServiceBusBroker(Broker):
                         batch = sender.create_message_batch()
                         batch.add_message(msg)
                 sender.send_messages(batch)
-        except ServiceBusError as exc:
-            raise BrokerError(f"Service Bus: could not send to {name}: {exc}") from exc
+        except AzureError as exc:
+            raise servicebus_error(f"could not send to {name}", exc) from exc
 
     # -- receiving
 
@@ -164,6 +170,7 @@ class ServiceBusBroker(Broker):
     def _receive_lane(
         self, queue: str, lane: str, room: int, wait_s: float, lease_s: float
     ) -> list[Delivery]:
+        from azure.core.exceptions import AzureError
         from azure.servicebus import ServiceBusReceiveMode
         from azure.servicebus.exceptions import ServiceBusError
 
@@ -184,8 +191,8 @@ class ServiceBusBroker(Broker):
                     messages.remove(late)  # past its exact TTL (Service Bus only has whole seconds)
                     with contextlib.suppress(ServiceBusError):
                         receiver.complete_message(late)
-        except ServiceBusError as exc:
-            raise BrokerError(f"Service Bus: could not receive from {name}: {exc}") from exc
+        except AzureError as exc:
+            raise servicebus_error(f"could not receive from {name}", exc) from exc
         ends_at = time.monotonic() + lease_s
         out = [to_delivery(m, queue, lane) for m in messages]
         if out:
@@ -208,7 +215,8 @@ class ServiceBusBroker(Broker):
         self._settle(delivery, lambda r, m: r.dead_letter_message(m, reason=reason[:MAX_REASON]))
 
     def _settle(self, delivery: Delivery, op: Callable[[Any, Any], Any]) -> None:
-        from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError, ServiceBusError
+        from azure.core.exceptions import AzureError
+        from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError
 
         token = delivery.lease_token
         with self._cond:
@@ -225,10 +233,10 @@ class ServiceBusBroker(Broker):
             with self._cond:
                 self._held.pop(token, None)
             raise LeaseLost(f"lease on {delivery.message_id} in {delivery.queue} was lost") from exc
-        except ServiceBusError as exc:
+        except AzureError as exc:
             with self._cond:
                 self._held.setdefault(token, lease)  # still held: the caller may retry
-            raise BrokerError(f"Service Bus: could not settle message {delivery.message_id}: {exc}") from exc
+            raise servicebus_error(f"could not settle message {delivery.message_id}", exc) from exc
 
     # -- the lease keeper: ends leases on time, keeps locks alive while leases last
 
@@ -317,7 +325,7 @@ class ServiceBusBroker(Broker):
             except ResourceNotFoundError:
                 continue
             except AzureError as exc:
-                raise BrokerError(f"Service Bus: could not read the depth of {queue}: {exc}") from exc
+                raise servicebus_error(f"could not read the depth of {queue}", exc) from exc
             total += int(props.active_message_count or 0)
         return total
 
@@ -356,6 +364,23 @@ class ServiceBusBroker(Broker):
             if closable is not None:
                 with contextlib.suppress(Exception):  # best effort: the broker is done
                     closable.close()
+
+
+def servicebus_error(doing: str, exc: Exception) -> NearlineError:
+    """An ``azure-servicebus`` (or ``azure-core``) failure as nearline's error.
+
+    Only two failures cannot pass by retrying: a message over the queue's size limit and a
+    queue that does not exist. Everything else is a :class:`BrokerError`, including the SDK's
+    non-retryable ``ServiceBusQuotaExceededError`` (a full queue drains) and credential errors
+    (a token endpoint that failed once answers the next time).
+    """
+    from azure.servicebus.exceptions import MessageSizeExceededError, MessagingEntityNotFoundError
+
+    if isinstance(exc, MessageSizeExceededError):
+        return PayloadTooLarge(f"Service Bus: {doing}: a message is over the queue's size limit ({exc})")
+    if isinstance(exc, MessagingEntityNotFoundError):
+        return ConfigError(f"Service Bus: {doing}: no such queue; create it as docs/azure.md says ({exc})")
+    return BrokerError(f"Service Bus: {doing}: {exc}")
 
 
 def _lock_runs_out(lease: _Lease, now: float) -> bool:

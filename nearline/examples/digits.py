@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nearline.errors import InvalidInput
+
 if TYPE_CHECKING:
     import torch
 
@@ -31,11 +33,15 @@ def preprocess(item: dict[str, Any]) -> dict[str, np.ndarray]:
     """``{"pixels": [...]}`` → ``{"pixels": float32[64]}``.
 
     Raises:
-        KeyError, ValueError, TypeError: The item has no usable ``pixels`` (the job fails InvalidInput).
+        InvalidInput: The item has no usable ``pixels`` (the job fails InvalidInput, the caller's
+            fault; any other exception would be the server's StepError).
     """
-    pixels = np.asarray(item["pixels"], dtype=np.float32)
+    try:
+        pixels = np.asarray(item["pixels"], dtype=np.float32)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInput(f"pixels must be 64 numbers: {exc}") from None
     if pixels.shape != (64,):
-        raise ValueError(f"pixels must be 64 numbers, got shape {pixels.shape}")
+        raise InvalidInput(f"pixels must be 64 numbers, got shape {pixels.shape}")
     return {"pixels": pixels}
 
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from nearline.errors import InvalidInput
+
 if TYPE_CHECKING:
     import torch
 
@@ -61,7 +63,7 @@ def tokenizer(
     def tokenize(items: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
         texts = [item["text"] for item in items]
         if not all(isinstance(t, str) for t in texts):
-            raise TypeError("text must be a string")
+            raise InvalidInput("text must be a string")
         ids, mask = encode(tok, texts)
         return [{"input_ids": ids[i], "attention_mask": mask[i]} for i in range(len(items))]
 

@@ -22,6 +22,7 @@ from nearline.constants import RETRY_AFTER_S
 from nearline.errors import NearlineError, Overloaded, Unauthorized, http_error
 from nearline.http.metrics import ApiMetrics
 from nearline.http.openapi import openapi_document
+from nearline.idempotency import caller_scope
 from nearline.jobs import JobRecord, job_urls, poll_headers, status_document
 from nearline.service import Jobs
 from nearline.submissions import parse_wait
@@ -96,14 +97,22 @@ class Handlers:
         api_keys: Keys a request must carry (``x-functions-key`` or ``?code=``) on routes with
             ``auth``; empty: no keys (on Azure the Functions host checks them instead).
         metrics: Where requests are counted; None: not counted.
+        health: What the server adds to ``GET /api/health``, e.g. ``{"status": "degraded",
+            "reason": ...}`` while a worker it runs is down (``nearline serve``).
     """
 
     def __init__(
-        self, jobs: Jobs, *, api_keys: tuple[str, ...] = (), metrics: ApiMetrics | None = None
+        self,
+        jobs: Jobs,
+        *,
+        api_keys: tuple[str, ...] = (),
+        metrics: ApiMetrics | None = None,
+        health: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.jobs = jobs
         self.api_keys = api_keys
         self.api_metrics = metrics
+        self.server_health = health
         self._routes = {r.name: r for r in ROUTES}
         self._shed = ShedLog()
 
@@ -139,7 +148,12 @@ class Handlers:
         wait = parse_wait(request.query.get("wait"))
         assert request.read_body is not None, "the adapter must pass read_body on score"
         body = await request.read_body(self.jobs.max_body)
-        job, created = await self.jobs.submit(pipeline, body, request.headers.get("idempotency-key"))
+        # Idempotency keys are the caller's: scoped by the API key it sent (the header wins, as
+        # in authorize; on Azure the function key the host checked).
+        caller = request.headers.get("x-functions-key") or request.query.get("code")
+        job, created = await self.jobs.submit(
+            pipeline, body, request.headers.get("idempotency-key"), scope=caller_scope(caller)
+        )
         if created and self.api_metrics is not None:
             self.api_metrics.submitted.labels(pipeline).inc()
         if wait is not None:
@@ -170,7 +184,10 @@ class Handlers:
         return Response(200, self.jobs.catalog.document())
 
     async def health(self, request: Request) -> Response:
-        return Response(200, {"status": "ok", "version": __version__, **await self.jobs.health()})
+        # 200 when degraded too: a probe that restarted the API for a worker's trouble would
+        # only add an outage; the reason is in the body, for people and monitoring.
+        server = self.server_health() if self.server_health is not None else {}
+        return Response(200, {"status": "ok", "version": __version__, **await self.jobs.health(), **server})
 
     async def openapi(self, request: Request) -> Response:
         return Response(200, openapi_document(self.jobs.catalog, request.base_url))

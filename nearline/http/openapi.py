@@ -103,7 +103,7 @@ def _score_operation(name: str, description: str, input_schema: dict[str, Any]) 
             "responses": {
                 "200": _json(_STATUS, "the job ended within the wait"),
                 "202": _json(_ACCEPTED, "accepted; poll statusQueryGetUri"),
-                **_errors(400, 401, 404, 413, 503),
+                **_errors(400, 401, 404, 409, 413, 422, 503),
             },
         }
     }
@@ -127,7 +127,7 @@ def openapi_document(catalog: Catalog, server_url: str) -> dict[str, Any]:
         "delete": {
             "operationId": "purge_job",
             "parameters": [_ID],
-            "responses": {"200": {"description": "purged"}, **_errors(401, 404)},
+            "responses": {"200": {"description": "purged"}, **_errors(401, 404, 409)},
         },
     }
     paths["/api/jobs/{id}/terminate"] = {

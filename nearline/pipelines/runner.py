@@ -11,18 +11,24 @@ How data flows between steps (one value per item, items failing drop out, the re
   dimension 0), cast to the config dtype, run once per batch (in chunks of the model's
   ``max_batch_size``), and each value becomes ``{**value, key: output row, ...}``. Rows of
   variable length must be padded to the batch's longest by a batch step before;
-* the last step's value is the job output (JSON-able: post-processing turns numpy into Python).
+* the last step's value is the job output: JSON by :mod:`nearline.strict_json`'s rules (finite
+  numbers, no numpy types, no lone surrogates, nested at most ``MAX_JSON_DEPTH``), or the item
+  fails (``StepError``; ``ModelError`` when the last step is a model): a job is never stored with
+  an output no one can read back.
 
-Failures: an exception in a per-item step fails that item alone (``ValueError``, ``TypeError``,
-``KeyError``, ``IndexError`` → ``InvalidInput``; others → ``StepError``); one in a batch step
-fails the batch's survivors; a model failing or returning the wrong number of rows fails every
-item of that model call with ``ModelError`` (never misaligned rows).
+Failures: an exception in a per-item step fails that item alone, one in a batch step the batch's
+survivors. A step that raises :class:`~nearline.errors.InvalidInput` (or another ``RequestError``)
+says the input is unusable: ``InvalidInput``. Anything else it raises (a ``KeyError`` included)
+is a bug in the step: ``StepError``, logged with its traceback. A model failing or returning the
+wrong number of rows fails every item of that model call with ``ModelError`` (never misaligned
+rows); a model returning NaN in an item's row fails that item with ``ModelError``.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from nearline import strict_json
 from nearline.errors import (
     ConfigError,
     InvalidInput,
@@ -43,8 +50,7 @@ from nearline.models.backend import BACKENDS, ModelBackend, open_backend
 from nearline.models.repository import ModelRepository, ModelSpec
 from nearline.pipelines.spec import Catalog, FunctionStep, ModelStep, Pipeline
 
-#: Exceptions of a per-item step that mean the input was unusable, not that the step is broken.
-INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError)
+log = logging.getLogger("nearline.pipelines")
 
 
 @dataclass
@@ -85,16 +91,20 @@ class _FunctionCall:
     def run(self, batch: _Batch) -> None:
         alive = batch.alive()
         if not self.batch:
+            bugs: list[Exception] = []
             for i in alive:
                 try:
                     batch.values[i] = self.fn(batch.values[i])
                 except Exception as exc:  # a step's bug or a bad input must fail the item, not the worker
-                    batch.fail([i], self._failure(exc))
+                    batch.fail([i], self._failure(exc, bugs))
+            self._log(bugs)
             return
         try:
             values = self.fn([batch.values[i] for i in alive])
         except Exception as exc:
-            batch.fail(alive, self._failure(exc))
+            bugs = []
+            batch.fail(alive, self._failure(exc, bugs))
+            self._log(bugs)
             return
         if not isinstance(values, list) or len(values) != len(alive):
             got = len(values) if isinstance(values, list) else type(values).__name__
@@ -103,12 +113,20 @@ class _FunctionCall:
         for i, value in zip(alive, values, strict=True):
             batch.values[i] = value
 
-    def _failure(self, exc: Exception) -> JobFailure:
+    def _failure(self, exc: Exception, bugs: list[Exception]) -> JobFailure:
+        """What ``exc`` means for the job; a bug in the step is added to ``bugs`` (to be logged)."""
         if isinstance(exc, JobFailure):
             return exc
-        if isinstance(exc, (RequestError, *INPUT_ERRORS)):
-            return InvalidInput(f"step '{self.name}': {type(exc).__name__}: {exc}")
+        if isinstance(exc, RequestError):  # the step's explicit word that the input is unusable
+            return InvalidInput(f"step '{self.name}': {exc.message}")
+        bugs.append(exc)
         return StepError(f"step '{self.name}': {type(exc).__name__}: {exc}")
+
+    def _log(self, bugs: list[Exception]) -> None:
+        """One line per batch, with the first traceback: a bug fails every item alike."""
+        if bugs:
+            more = f" (and {len(bugs) - 1} more items)" if len(bugs) > 1 else ""
+            log.error("step '%s' raised%s", self.name, more, exc_info=bugs[0])
 
 
 class _ModelCall:
@@ -134,7 +152,14 @@ class _ModelCall:
             except JobFailure as exc:
                 batch.fail(chunk, exc)
                 continue
+            nan = _nan_rows(outputs)
             for k, i in enumerate(chunk):
+                if k in nan:  # a numerical failure of this row: its job fails, the others go on
+                    batch.fail(
+                        [i],
+                        ModelError(f"step '{self.name}': model '{self.step.model}' returned NaN in {nan[k]}"),
+                    )
+                    continue
                 batch.values[i] = {**batch.values[i], **{key: out[k] for key, out in outputs.items()}}
 
     def _rows(self, value: Any) -> list[np.ndarray]:
@@ -216,20 +241,27 @@ class PipelineRunner:
         self._missing: list[str] = []
         self._plans = {p.name: self._plan(p) for p in catalog}
         if self._missing:
+            there = ", ".join(f"{m} {repository.versions(m)}" for m in repository.names()) or "nothing"
             raise ConfigError(
-                f"models missing from the repository {repository.root}: {'; '.join(self._missing)}"
+                f"models missing from the repository {repository.root}: {'; '.join(self._missing)} "
+                f"(it has: {there})"
             )
 
     def warm(self) -> None:
         """Load every model the pipelines use now (worker start-up).
 
         Raises:
-            ConfigError: A model cannot be loaded; the message names it.
+            ConfigError: A model cannot be loaded; the message names the pipelines file, the
+                pipeline, the step and the model.
         """
-        for plan in self._plans.values():
-            for call in plan:
-                if isinstance(call, _ModelCall):
+        for name, plan in self._plans.items():
+            for n, call in enumerate(plan, 1):  # a plan holds every step, in order
+                if not isinstance(call, _ModelCall):
+                    continue
+                try:
                     call.backend.load(call.step.model, call.step.version)
+                except ConfigError as exc:
+                    raise ConfigError(f"{self._where(name, n, call.name)}: {exc.message}") from None
 
     def run(self, pipeline: str, inputs: list[Any]) -> BatchOutcome:
         """Run ``pipeline`` on a batch of job inputs.
@@ -250,6 +282,7 @@ class PipelineRunner:
             if batch.alive():
                 call.run(batch)
             timings[call.name] = round((time.perf_counter() - started) * 1000, 3)
+        _check_outputs(batch, self._plans[pipeline][-1])
         return BatchOutcome([batch.failures.get(i, v) for i, v in enumerate(batch.values)], timings)
 
     def close(self) -> None:
@@ -257,11 +290,14 @@ class PipelineRunner:
         for backend in self._backends.values():
             backend.close()
 
+    def _where(self, pipeline: str, n: int, step: str) -> str:
+        """How a message names step ``n`` of ``pipeline``: file, pipeline, step."""
+        return f"{self.catalog.path or 'pipelines'}: pipeline '{pipeline}': step {n} ({step})"
+
     def _plan(self, pipeline: Pipeline) -> list[_FunctionCall | _ModelCall]:
-        where = f"{self.catalog.path or 'pipelines'}: pipeline '{pipeline.name}'"
         plan: list[_FunctionCall | _ModelCall] = []
         for n, step in enumerate(pipeline.deployment.steps, 1):
-            here = f"{where}: step {n} ({step.name})"
+            here = self._where(pipeline.name, n, step.name)
             if isinstance(step, FunctionStep):
                 plan.append(_FunctionCall(step, self._function(here, step)))
                 continue
@@ -271,9 +307,7 @@ class PipelineRunner:
             except ConfigError as exc:
                 self._missing.append(f"{here}: {exc.message}")
                 continue
-            for name in (*step.inputs, *step.outputs):
-                if name not in {t.name for t in (*spec.inputs, *spec.outputs)}:
-                    raise ConfigError(f"{here}: model '{step.model}' has no tensor {name!r}")
+            _check_tensors(here, step, spec)
             plan.append(_ModelCall(step, spec, self._backend(self._override or step.backend)))
         return plan
 
@@ -303,3 +337,38 @@ class PipelineRunner:
         if kind not in self._backends:
             self._backends[kind] = open_backend(kind, self.repository, self._triton_url, device=self._device)
         return self._backends[kind]
+
+
+def _nan_rows(outputs: Mapping[str, np.ndarray]) -> dict[int, str]:
+    """Rows of a model call's outputs that hold NaN, and the item key of the first such output."""
+    rows: dict[int, str] = {}
+    for key, out in outputs.items():
+        if out.dtype.kind in "fc" and out.size:
+            for k in np.flatnonzero(np.isnan(out.reshape(len(out), -1)).any(axis=1)):
+                rows.setdefault(int(k), key)
+    return rows
+
+
+def _check_outputs(batch: _Batch, last: _FunctionCall | _ModelCall) -> None:
+    """Fail each surviving item whose output cannot be stored as JSON (NaN, numpy, ...)."""
+    failure = ModelError if isinstance(last, _ModelCall) else StepError
+    for i in batch.alive():
+        found = strict_json.problem(batch.values[i], "output", "output")
+        if found:
+            batch.fail([i], failure(f"step '{last.name}' returned an output that cannot be stored: {found}"))
+
+
+def _check_tensors(where: str, step: ModelStep, spec: ModelSpec) -> None:
+    """A step maps only the model's own tensors: inputs under ``inputs``, outputs under ``outputs``.
+
+    Raises:
+        ConfigError: It names another; the message lists the model's tensors.
+    """
+    inputs, outputs = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
+    for kind, names, have in (("input", step.inputs, inputs), ("output", step.outputs, outputs)):
+        for name in names:
+            if name not in have:
+                raise ConfigError(
+                    f"{where}: model '{step.model}' has no {kind} tensor {name!r}; its inputs are "
+                    f"{', '.join(inputs)}, its outputs {', '.join(outputs)}"
+                )

@@ -153,12 +153,15 @@ class Catalog:
         """The pipeline called ``name``.
 
         Raises:
-            UnknownPipeline: No pipeline of that name (the message names it).
+            UnknownPipeline: No pipeline of that name; the message names it (abridged) and
+                lists the pipelines there are.
         """
         try:
             return self._pipelines[name]
         except KeyError:
-            raise UnknownPipeline(f"unknown pipeline {name!r}") from None
+            shown = reprlib.repr(name)  # a name comes from a URL: quote a long one back in short
+            there = ", ".join(self._pipelines)
+            raise UnknownPipeline(f"unknown pipeline {shown}; the pipelines are: {there}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._pipelines

@@ -3,6 +3,9 @@
 Guarantees every backend gives (checked by ``tests/test_store.py`` on each):
 
 * ``create`` is idempotent on the job id: a second create returns the existing record.
+* One job per idempotency slot (``JobRecord.idempotency_slot``, :mod:`nearline.idempotency`):
+  ``create`` of a job whose slot is held returns the holder, atomically with the check. Deleting
+  a record (``delete``, ``purge_terminal``, a backend's own expiry) frees its slot.
 * Transitions are compare-and-set: ``mark_running`` only moves Pending → Running;
   ``finish`` only moves a non-terminal job to a terminal state and returns False otherwise,
   so a job never has two different results.
@@ -47,11 +50,19 @@ class StatusStore(abc.ABC):
 
     @abc.abstractmethod
     def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
-        """Insert ``job``; when its id exists already, return ``(existing, False)``."""
+        """Insert ``job``; when its slot is held or its id exists, return ``(holder, False)``."""
 
     @abc.abstractmethod
     def get(self, job_id: str) -> JobRecord | None:
         """The record, or None."""
+
+    @abc.abstractmethod
+    def keyed(self, slot: str) -> JobRecord | None:
+        """The record of the job holding idempotency slot ``slot``, or None."""
+
+    @abc.abstractmethod
+    def mark_enqueued(self, job_id: str) -> bool:
+        """Record that the job's request message was sent; False (and nothing created) if absent."""
 
     @abc.abstractmethod
     def mark_running(self, job_ids: Iterable[str], now: float) -> None:

@@ -22,19 +22,45 @@ class MemoryStore(StatusStore):
         super().__init__()
         self.url = url
         self._jobs: dict[str, JobRecord] = {}
+        self._slots: dict[str, str] = {}  # idempotency slot -> job id
         self._lock = threading.Lock()
 
     def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
         with self._lock:
-            existing = self._jobs.get(job.id)
+            holder = self._holder(job.idempotency_slot) if job.idempotency_slot else None
+            existing = holder or self._jobs.get(job.id)
             if existing is not None:
                 return existing, False
             self._jobs[job.id] = job
+            if job.idempotency_slot:
+                self._slots[job.idempotency_slot] = job.id
             return job, True
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
             return self._jobs.get(job_id)
+
+    def keyed(self, slot: str) -> JobRecord | None:
+        with self._lock:
+            return self._holder(slot)
+
+    def mark_enqueued(self, job_id: str) -> bool:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return False
+            self._jobs[job_id] = replace(job, enqueued=True)
+            return True
+
+    def _holder(self, slot: str) -> JobRecord | None:
+        job_id = self._slots.get(slot)
+        return None if job_id is None else self._jobs.get(job_id)
+
+    def _remove(self, job_id: str) -> bool:
+        job = self._jobs.pop(job_id, None)
+        if job is not None and job.idempotency_slot and self._slots.get(job.idempotency_slot) == job_id:
+            del self._slots[job.idempotency_slot]
+        return job is not None
 
     def mark_running(self, job_ids: Iterable[str], now: float) -> None:
         with self._lock:
@@ -56,7 +82,7 @@ class MemoryStore(StatusStore):
 
     def delete(self, job_id: str) -> bool:
         with self._lock:
-            return self._jobs.pop(job_id, None) is not None
+            return self._remove(job_id)
 
     def overdue(self, now: float, limit: int = 500) -> list[str]:
         with self._lock:
@@ -70,5 +96,5 @@ class MemoryStore(StatusStore):
         with self._lock:
             old = [j.id for j in self._jobs.values() if j.status.terminal and j.updated < updated_before]
             for job_id in old:
-                del self._jobs[job_id]
+                self._remove(job_id)
             return len(old)

@@ -6,6 +6,9 @@ lifecycle that opens the same URL; a long-poll on one replica wakes when another
 * A job is the hash ``nearline:job:<id>``. Transitions are Lua scripts, so the check and the
   change are one atomic step: ``mark_running`` only moves Pending → Running; ``finish`` only
   moves Pending/Running to a terminal state (the first result wins for good).
+* A keyed job's idempotency slot is the string ``nearline:job-slot:<slot>`` (the job id),
+  claimed in the ``create`` script; ``delete`` and ``purge_terminal`` free it, and ``finish``
+  gives it the record's TTL.
 * ``overdue`` reads the sorted set ``nearline:jobs:deadlines`` (unfinished jobs by deadline);
   ``finish`` and ``delete`` take a job out of it.
 * Retention: ``finish`` gives the record a TTL of ``retention_s`` (URL option, else
@@ -41,6 +44,8 @@ from nearline.store.redis_lua import SCRIPTS
 from nearline.store.redis_wakeups import Wakeups, channel_for
 
 JOB_PREFIX = "nearline:job:"
+#: A keyed job's idempotency slot: ``nearline:job-slot:<slot>`` holds the job id.
+SLOT_PREFIX = "nearline:job-slot:"
 DEADLINES = "nearline:jobs:deadlines"
 FINISHED = "nearline:jobs:finished"
 #: Ids per mark_running script call and per purge batch: bounds the time one script blocks Redis.
@@ -48,8 +53,10 @@ CHUNK = 500
 #: JSON-encoded fields (``status`` and ``updated`` are plain: the scripts read and write them).
 _JSON_FIELDS = (
     *("pipeline", "input", "output", "custom_status", "created", "deadline", "priority"),
-    *("idempotency_key", "callback_url"),
+    *("idempotency_key", "callback_url", "enqueued"),
 )
+#: Text fields kept plain (the scripts read the slot), and left out when None.
+_TEXT_FIELDS = ("idempotency_slot", "fingerprint")
 
 
 class RedisStore(StatusStore):
@@ -73,12 +80,25 @@ class RedisStore(StatusStore):
         fields: list[Any] = ["status", job.status.value, "updated", repr(job.updated)]
         for name in _JSON_FIELDS:
             fields += [name, json.dumps(getattr(job, name))]
+        for name in _TEXT_FIELDS:
+            if getattr(job, name) is not None:
+                fields += [name, getattr(job, name)]
         deadline = "" if job.deadline is None else repr(job.deadline)
-        args = [job.id, job.status.value, repr(job.updated), deadline, self._retention_ms(), *fields]
-        existing = self._run("create", [JOB_PREFIX + job.id, DEADLINES, FINISHED], args)
+        keys = [JOB_PREFIX + job.id, DEADLINES, FINISHED]
+        if job.idempotency_slot is not None:
+            keys.append(SLOT_PREFIX + job.idempotency_slot)
+        args = [job.id, job.status.value, repr(job.updated), deadline, self._retention_ms(), JOB_PREFIX]
+        existing = self._run("create", keys, [*args, *fields])
         if existing is None:
             return job, True
-        return _record(job.id, dict(zip(existing[::2], existing[1::2], strict=True))), False
+        return _holder(existing), False
+
+    def keyed(self, slot: str) -> JobRecord | None:
+        found = self._run("keyed", [SLOT_PREFIX + slot], [JOB_PREFIX])
+        return None if found is None else _holder(found)
+
+    def mark_enqueued(self, job_id: str) -> bool:
+        return bool(self._run("mark_enqueued", [JOB_PREFIX + job_id], []))
 
     def get(self, job_id: str) -> JobRecord | None:
         try:
@@ -111,13 +131,14 @@ class RedisStore(StatusStore):
         keys = [JOB_PREFIX + job_id, DEADLINES, FINISHED]
         channel, message = self.waiters.channel, self.waiters.announcement(job_id)
         args = [job_id, status.value, json.dumps(output), repr(now), self._retention_ms(), channel, message]
+        args.append(SLOT_PREFIX)
         if not self._run("finish", keys, args):
             return False
         self._finished(job_id)
         return True
 
     def delete(self, job_id: str) -> bool:
-        return bool(self._run("delete", [JOB_PREFIX + job_id, DEADLINES, FINISHED], [job_id]))
+        return bool(self._run("delete", [JOB_PREFIX + job_id, DEADLINES, FINISHED], [job_id, SLOT_PREFIX]))
 
     def overdue(self, now: float, limit: int = 500) -> list[str]:
         try:
@@ -129,7 +150,7 @@ class RedisStore(StatusStore):
     def purge_terminal(self, updated_before: float) -> int:
         deleted = 0
         while True:
-            n, seen = self._run("purge", [FINISHED], [repr(updated_before), CHUNK, JOB_PREFIX])
+            n, seen = self._run("purge", [FINISHED], [repr(updated_before), CHUNK, JOB_PREFIX, SLOT_PREFIX])
             deleted += int(n)
             if int(seen) < CHUNK:
                 return deleted
@@ -161,4 +182,11 @@ def _retention(arg: float | None, url_option: str | None) -> float:
 def _record(job_id: str, raw: dict[Any, Any]) -> JobRecord:
     f = {k.decode(): v for k, v in raw.items()}
     values = {name: json.loads(f[name]) for name in _JSON_FIELDS if name in f}
+    values.update((name, f[name].decode()) for name in _TEXT_FIELDS if name in f)
     return JobRecord(id=job_id, status=JobStatus(f["status"].decode()), updated=float(f["updated"]), **values)
+
+
+def _holder(found: list[Any]) -> JobRecord:
+    """The record of a script's ``{id, hash as field/value pairs}``."""
+    job_id, pairs = found
+    return _record(job_id.decode(), dict(zip(pairs[::2], pairs[1::2], strict=True)))

@@ -1,8 +1,11 @@
 """The Lua scripts behind :mod:`nearline.store.redis_hashes`: each transition is one atomic step.
 
-A job is the hash ``nearline:job:<id>`` (``status`` and ``updated`` plain, the other fields
-JSON). ``nearline:jobs:deadlines`` (sorted set, score = deadline) lists the unfinished jobs
-that have a deadline; ``nearline:jobs:finished`` (score = ``updated``) lists the ended ones.
+A job is the hash ``nearline:job:<id>`` (``status``, ``updated``, ``idempotency_slot`` and
+``fingerprint`` plain, the other fields JSON). ``nearline:jobs:deadlines`` (sorted set, score =
+deadline) lists the unfinished jobs that have a deadline; ``nearline:jobs:finished`` (score =
+``updated``) lists the ended ones. A keyed job's slot is the string ``nearline:job-slot:<slot>``
+holding the job id: it lives as long as the record (the same TTL once the job ends) and goes
+with it; a slot whose holder's record is gone is free.
 """
 
 from __future__ import annotations
@@ -11,23 +14,68 @@ _TERMINAL = """
 local TERMINAL = {Completed = true, Failed = true, Terminated = true}
 """
 
-#: KEYS: job hash, deadlines, finished. ARGV: id, status, updated, deadline or "", retention ms,
-#: then the hash's field/value pairs. Returns nil when created, else the existing hash.
+# The slot's holder, {id, its hash}, or false when the slot is free (unset, or its job's record
+# gone: a record that expired by TTL frees its slot even where the slot key outlived it).
+_HOLDER = """
+local function holder(slot_key, prefix)
+  local id = redis.call('GET', slot_key)
+  if not id then return false end
+  local found = redis.call('HGETALL', prefix .. id)
+  if #found == 0 then return false end
+  return {id, found}
+end
+"""
+
+# Frees the slot of the job whose hash is KEY, if the job holds it: before the hash goes.
+_RELEASE = """
+local function release(key, id, slot_prefix)
+  local slot = redis.call('HGET', key, 'idempotency_slot')
+  if slot and redis.call('GET', slot_prefix .. slot) == id then
+    redis.call('DEL', slot_prefix .. slot)
+  end
+end
+"""
+
+#: KEYS: job hash, deadlines, finished, then the slot key for a keyed job. ARGV: id, status,
+#: updated, deadline or "", retention ms, job key prefix, then the hash's field/value pairs.
+#: Returns nil when created, else {id, hash} of the slot's holder or of the job of this id.
 CREATE = (
     _TERMINAL
+    + _HOLDER
     + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+if KEYS[4] then
+  local found = holder(KEYS[4], ARGV[6])
+  if found then return found end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {ARGV[1], redis.call('HGETALL', KEYS[1])} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('ZREM', KEYS[3], ARGV[1])  -- a past job of this id that expired by TTL
+if KEYS[4] then redis.call('SET', KEYS[4], ARGV[1]) end
 if TERMINAL[ARGV[2]] then
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  if KEYS[4] then redis.call('PEXPIRE', KEYS[4], ARGV[5]) end
 elseif ARGV[4] ~= '' then
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 end
 return false
 """
 )
+
+#: KEYS: slot key. ARGV: job key prefix. Returns {id, hash} of the slot's holder, or nil.
+KEYED = (
+    _HOLDER
+    + """
+return holder(KEYS[1], ARGV[1])
+"""
+)
+
+#: KEYS: job hash. Marks the job's request message sent; 0 (and nothing created) when absent.
+MARK_ENQUEUED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'enqueued', 'true')
+return 1
+"""
 
 #: KEYS: job hashes. ARGV: updated. Moves the Pending ones to Running.
 MARK_RUNNING = """
@@ -40,7 +88,8 @@ return 0
 """
 
 #: KEYS: job hash, deadlines, finished. ARGV: id, status, output JSON, updated, retention ms,
-#: channel, message. Returns 1 when the job moved to ``status``, 0 when absent or already ended.
+#: channel, message, slot key prefix. Returns 1 when the job moved to ``status``, 0 when absent
+#: or already ended. The job's slot key gets the record's TTL.
 FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'Pending' and status ~= 'Running' then return 0 end
@@ -48,31 +97,46 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'output', ARGV[3], 'updated', ARG
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local slot = redis.call('HGET', KEYS[1], 'idempotency_slot')
+if slot and redis.call('GET', ARGV[8] .. slot) == ARGV[1] then
+  redis.call('PEXPIRE', ARGV[8] .. slot, ARGV[5])
+end
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """
 
-#: KEYS: job hash, deadlines, finished. ARGV: id. Returns 1 when there was a record.
-DELETE = """
+#: KEYS: job hash, deadlines, finished. ARGV: id, slot key prefix. Returns 1 when there was a
+#: record.
+DELETE = (
+    _RELEASE
+    + """
+release(KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return redis.call('DEL', KEYS[1])
 """
+)
 
-#: KEYS: finished. ARGV: updated before (exclusive), batch size, job key prefix.
+#: KEYS: finished. ARGV: updated before (exclusive), batch size, job key prefix, slot key prefix.
 #: Returns {records deleted, ids looked at}; the caller repeats while a full batch came back.
-PURGE = """
+PURGE = (
+    _RELEASE
+    + """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
 local deleted = 0
 for _, id in ipairs(ids) do
+  release(ARGV[3] .. id, id, ARGV[4])
   deleted = deleted + redis.call('DEL', ARGV[3] .. id)
   redis.call('ZREM', KEYS[1], id)
 end
 return {deleted, #ids}
 """
+)
 
 SCRIPTS = {
     "create": CREATE,
+    "keyed": KEYED,
+    "mark_enqueued": MARK_ENQUEUED,
     "mark_running": MARK_RUNNING,
     "finish": FINISH,
     "delete": DELETE,

@@ -23,6 +23,7 @@ from nearline.store.base import StatusStore
 _FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
 _JSON = frozenset({"input", "output", "custom_status"})
 _COLUMNS = ", ".join(_FIELDS)
+_SELECT = f"SELECT {_COLUMNS} FROM jobs"
 _OPEN_SQL = ", ".join(f"'{s.value}'" for s in JobStatus if not s.terminal)
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in JobStatus if s.terminal)
 #: Ids per ``IN (...)`` list: far below SQLite's variable limit, large enough for any batch.
@@ -52,6 +53,7 @@ def _record(row: Sequence[Any]) -> JobRecord:
     for name in _JSON:
         values[name] = None if values[name] is None else json.loads(values[name])
     values["status"] = JobStatus(values["status"])
+    values["enqueued"] = bool(values["enqueued"])
     return JobRecord(**values)
 
 
@@ -75,17 +77,30 @@ class SqliteStore(StatusStore):
         self._db = Database(parse_url(url))
 
     def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
-        while True:
-            count, _ = self._db.execute_write(_INSERT, _row(job))
-            if count == 1:
+        # One transaction: the row that made the insert a no-op (the slot's holder, or a record
+        # of the same id) is read before any other writer can delete it.
+        with self._db.write() as conn:
+            if conn.execute(_INSERT, _row(job)).rowcount == 1:
                 return job, True
-            existing = self.get(job.id)
-            if existing is not None:  # else purged between the two statements: insert again
-                return existing, False
+            rows: list[Any] = []
+            if job.idempotency_slot is not None:
+                rows = conn.execute(
+                    f"{_SELECT} WHERE idempotency_slot = ?", (job.idempotency_slot,)
+                ).fetchall()
+            rows = rows or conn.execute(f"{_SELECT} WHERE id = ?", (job.id,)).fetchall()
+            return _record(rows[0]), False
 
     def get(self, job_id: str) -> JobRecord | None:
-        rows = self._db.query(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        rows = self._db.query(f"{_SELECT} WHERE id = ?", (job_id,))
         return _record(rows[0]) if rows else None
+
+    def keyed(self, slot: str) -> JobRecord | None:
+        rows = self._db.query(f"{_SELECT} WHERE idempotency_slot = ?", (slot,))
+        return _record(rows[0]) if rows else None
+
+    def mark_enqueued(self, job_id: str) -> bool:
+        count, _ = self._db.execute_write("UPDATE jobs SET enqueued = 1 WHERE id = ?", (job_id,))
+        return count == 1
 
     def mark_running(self, job_ids: Iterable[str], now: float) -> None:
         ids = list(job_ids)

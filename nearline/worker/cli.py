@@ -9,13 +9,16 @@ worker for a set of settings: this program's ``main`` calls it, and so does ever
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
+import pickle
 import signal
 import sys
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from nearline.errors import ConfigError, NearlineError
@@ -59,20 +62,38 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         return fail(prog, exc)
 
 
-def run_spawned(settings: WorkerSettings, parent: int) -> None:
+def run_spawned(settings: WorkerSettings, parent: int, report: Connection) -> None:
     """A worker process ``nearline serve`` spawned: bound to ``parent``, then :func:`run_worker`.
 
-    Exits with the worker's status (a failure is one line on stderr, as ``python -m workers``).
+    ``report`` tells the server how start-up went: ``("ready", None)`` once every pipeline and
+    model is loaded, or ``("failed", error)`` (a :class:`~nearline.errors.NearlineError` or
+    ``OSError``) before the process exits with the error's status. The server prints or logs
+    the error (at start it refuses to serve), so this process does not.
     """
-    from nearline.cli import fail
+    from nearline.errors import exit_code
 
     die_with_parent(parent)
     share_cores(settings.torch_threads)
     _log_to_stderr()
+
+    def tell(what: str, error: BaseException | None = None) -> None:
+        with contextlib.suppress(OSError):  # the server is gone: SIGTERM is on its way
+            try:
+                report.send((what, error))
+            except (pickle.PicklingError, TypeError, AttributeError):  # an error that does not pickle
+                report.send((what, NearlineError(str(error))))
+
     try:
-        status = run_worker(settings)
-    except (NearlineError, OSError, KeyboardInterrupt) as exc:
-        status = fail(f"nearline serve: {settings.name or 'worker'}", exc)
+        status = run_worker(settings, on_ready=lambda: tell("ready"))
+    except KeyboardInterrupt:
+        status = 130
+    except (NearlineError, OSError) as exc:
+        tell("failed", exc)
+        status = exit_code(exc)
+    except Exception as exc:  # a bug: the traceback here, one line for the server's log
+        log.exception("worker %s failed", settings.name)
+        tell("failed", NearlineError(f"{type(exc).__name__}: {exc}"))
+        status = 1
     sys.exit(status)
 
 
@@ -130,8 +151,11 @@ def open_runner(settings: WorkerSettings) -> PipelineRunner:
     )
 
 
-def run_worker(settings: WorkerSettings) -> int:
+def run_worker(settings: WorkerSettings, on_ready: Callable[[], None] | None = None) -> int:
     """Run a worker until SIGTERM or SIGINT, then finish the batch in hand; returns 0.
+
+    Every pipeline is built and every model loaded before the worker receives anything (or
+    ``/readyz`` says ready); ``on_ready`` is called then.
 
     Raises:
         ConfigError: No broker, or a pipelines file, model or backend that cannot be used.
@@ -159,6 +183,8 @@ def run_worker(settings: WorkerSettings) -> int:
         )
         log.info("health and metrics on http://%s:%d/", settings.host, health.server_address[1])
     runner.warm()
+    if on_ready is not None:
+        on_ready()
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: finishing the batch in hand, then exiting", signum)

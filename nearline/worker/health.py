@@ -1,5 +1,6 @@
-"""The worker's HTTP endpoint: ``/healthz`` (alive), ``/readyz`` (models loaded, receiving) and
-``/metrics`` (Prometheus text). Kubernetes probes and scrapes point here (port 8081)."""
+"""The worker's HTTP endpoint: ``/healthz`` (alive), ``/readyz`` (models loaded, receiving, and
+the broker answering: 503 during a broker outage, which the worker rides out rather than exits
+on) and ``/metrics`` (Prometheus text). Kubernetes probes and scrapes point here (port 8081)."""
 
 from __future__ import annotations
 

@@ -83,8 +83,15 @@ class Deadlines:
 
 
 class Liveness:
-    """Jobs already ended (terminated, or finished by an earlier delivery) are skipped; the
-    rest are marked Running. Needs the status store, so only where one is reachable."""
+    """Jobs already ended (terminated, or finished by an earlier delivery) are skipped, and so
+    are jobs that no longer exist; the rest are marked Running. Needs the status store, so only
+    where one is reachable.
+
+    A job's record is created before its request message is sent (``StoreJobs.create``), so a
+    message without a record is what a purge (or retention, or a failed submit) left behind:
+    computing it would be for nobody. Keyed jobs get new random ids after a purge, so such a
+    message never belongs to a later job either.
+    """
 
     def __init__(self, store: StatusStore) -> None:
         self.store = store
@@ -96,7 +103,7 @@ class Liveness:
         for w in live:
             assert w.message is not None
             status = statuses.get(w.message.id)
-            if status is not None and status.terminal:
+            if status is None or status.terminal:
                 w.skip = True
             else:
                 running.append(w.message.id)

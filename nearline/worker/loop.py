@@ -6,6 +6,10 @@ redelivered request may be computed twice; the lifecycle's compare-and-set keeps
 result, so no reader ever sees two.
 
 Receiving overlaps computing: a receiver thread collects the next batch while this one runs.
+
+A broker outage is ridden out (:mod:`nearline.worker.outage`): every broker call is retried
+until the broker answers, the batch in hand and its results kept meanwhile, so a worker never
+exits because Redis restarted or Service Bus was busy.
 """
 
 from __future__ import annotations
@@ -17,18 +21,20 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nearline.batching import collect, group_by
 from nearline.brokers.base import Broker, Delivery, LeaseLost
 from nearline.constants import LEASE_S, MAX_BATCH, MAX_DELIVERIES, MAX_WAIT_MS, REQUEST_QUEUE, RESPONSE_QUEUE
-from nearline.errors import NearlineError, StepError
+from nearline.errors import BrokerError, NearlineError, StepError
 from nearline.messages import ResultMessage
 from nearline.store.base import StatusStore
 from nearline.worker.hooks import Hook, Work, default_hooks
 from nearline.worker.metrics import WorkerMetrics
+from nearline.worker.outage import Backoff, Outage
 
 if TYPE_CHECKING:
     from nearline.pipelines.runner import PipelineRunner
@@ -37,6 +43,8 @@ log = logging.getLogger("nearline.worker")
 
 #: Batches received ahead of the one being computed: enough to overlap receiving with computing.
 PREFETCH = 1
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class Worker:
             mark jobs Running. On Azure there is none (Durable holds job state).
         config: Batching and delivery settings.
         name: This worker's name in result messages.
+        backoff: Delays between retries of a broker call during an outage.
     """
 
     def __init__(
@@ -74,6 +83,7 @@ class Worker:
         name: str | None = None,
         metrics: WorkerMetrics | None = None,
         hooks: Sequence[Hook] | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.broker = broker
         self.runner = runner
@@ -81,19 +91,27 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
         self.metrics = metrics or WorkerMetrics()
         self.hooks = list(hooks) if hooks is not None else default_hooks(self.config.max_deliveries, store)
+        #: Set while the worker runs and its broker answers (``/readyz``).
         self.ready = threading.Event()
+        self.outage = Outage(self.ready, backoff)
+        self._stop = threading.Event()  # run()'s; until then (process() alone) never set
 
     # -- loop ---------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Work until ``stop`` is set; then finish the batch in hand and give back the rest."""
+        """Work until ``stop`` is set; then finish the batch in hand and give back the rest.
+
+        If the broker is down when ``stop`` is set, the batch in hand is given up instead: its
+        leases run out and another worker receives it.
+        """
+        self._stop = stop
         batches: queue.Queue[list[Delivery]] = queue.Queue()
         # One batch computing, at most PREFETCH received ahead: every leased message is at most
         # that many batch-times from being settled, so leases need not cover a longer queue.
         slots = threading.Semaphore(1 + PREFETCH)
         receiver = threading.Thread(target=self._receive_loop, args=(stop, batches, slots), daemon=True)
+        self.ready.set()  # before the receiver starts: its first failure must be able to clear it
         receiver.start()
-        self.ready.set()
         while not (stop.is_set() and batches.empty() and not receiver.is_alive()):
             try:
                 batch = batches.get(timeout=0.1)
@@ -104,6 +122,8 @@ class Worker:
                     self._give_back(batch)
                 else:
                     self.process(batch)
+            except BrokerError as exc:  # only once stop is set: the broker is down, we are leaving
+                log.warning("stopping during a broker outage: gave up a batch of %d (%s)", len(batch), exc)
             finally:
                 slots.release()
         receiver.join()
@@ -114,18 +134,21 @@ class Worker:
         self, stop: threading.Event, batches: queue.Queue[list[Delivery]], slots: threading.Semaphore
     ) -> None:
         cfg = self.config
+
+        def receive(n: int, wait: float) -> list[Delivery]:
+            return self._broker(
+                "receive", partial(self.broker.receive, cfg.request_queue, n, wait, cfg.lease_s)
+            )
+
         while not stop.is_set():
             if not slots.acquire(timeout=0.1):
                 continue
             try:
-                batch = collect(
-                    lambda n, wait: self.broker.receive(cfg.request_queue, n, wait, cfg.lease_s),
-                    cfg.max_batch,
-                    cfg.max_wait_ms / 1000,
-                    cfg.idle_wait_s,
-                )
-            except NearlineError as exc:
-                log.warning("receive failed, retrying in 1 s: %s", exc)
+                batch = collect(receive, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.idle_wait_s)
+            except BrokerError:  # stop is set: what a partial batch leased comes back after its lease
+                batch = []
+            except NearlineError as exc:  # not an outage (those are retried): say so, try again
+                log.error("receive failed, retrying in 1 s: %s", exc)
                 batch = []
                 stop.wait(1.0)
             if not batch:
@@ -135,10 +158,19 @@ class Worker:
             batches.put(batch)
 
     def _give_back(self, batch: list[Delivery]) -> None:
-        for d in batch:
-            with contextlib.suppress(LeaseLost):
-                self.broker.abandon(d)
-        self.metrics.in_flight.dec(len(batch))
+        """Abandon ``batch`` (the worker is stopping): visible to other workers at once."""
+        try:
+            for d in batch:
+                with contextlib.suppress(LeaseLost):
+                    self._broker("abandon", partial(self.broker.abandon, d))
+        except BrokerError as exc:  # stopping during an outage: no retries
+            log.warning("could not give back %d messages; their leases will run out (%s)", len(batch), exc)
+        finally:
+            self.metrics.in_flight.dec(len(batch))
+
+    def _broker(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, retried through a broker outage until it answers or the worker stops."""
+        return self.outage.call(what, call, self._stop)
 
     # -- one batch ----------------------------------------------------------------------
 
@@ -150,23 +182,25 @@ class Worker:
         with it (they would be redelivered, and could be dead-lettered, for its fault).
         """
         fresh = [d for d in deliveries if d.delivery_count <= 1]
-        if fresh:
-            self._process(fresh)
-        for d in deliveries:
-            if d.delivery_count > 1:
-                self._process([d])
+        try:
+            if fresh:
+                self._process(fresh)
+            for d in deliveries:
+                if d.delivery_count > 1:
+                    self._process([d])
+        finally:
+            self.metrics.in_flight.dec(len(deliveries))
 
     def _process(self, deliveries: list[Delivery]) -> None:
         """Hooks first, then each pipeline once on its group, then publish and settle."""
         self.metrics.batch_size.observe(len(deliveries))
         batch = [Work(d) for d in deliveries]
-        for hook in self.hooks:
-            hook.before(batch, self.name)
+        for hook in self.hooks:  # a hook reading the status store waits out an outage too
+            self._broker(f"{type(hook).__name__.lower()} hook", partial(hook.before, batch, self.name))
         todo = [w for w in batch if not w.settled]
         for pipeline, group in group_by(todo, lambda w: w.message.pipeline if w.message else "").items():
             self._run_group(pipeline, group)
         self._settle(batch)
-        self.metrics.in_flight.dec(len(deliveries))
 
     def _run_group(self, pipeline: str, group: list[Work]) -> None:
         started = time.time()
@@ -197,10 +231,13 @@ class Worker:
         """Publish every result first, then settle: the order that makes delivery at-least-once.
 
         Results go out in one ``send_many`` and completions in one ``complete_many``: one round
-        trip each per batch instead of one per message.
+        trip each per batch instead of one per message. Each is retried through an outage with
+        the results in hand; a lease that ran out meanwhile makes its settle a no-op (another
+        worker has the message), and a result published twice changes nothing (the lifecycle
+        keeps the first).
         """
-        results = [w.result for w in batch if w.result is not None]
-        self.broker.send_many(self.config.response_queue, [(r.id, r.to_json()) for r in results])
+        results = [(r.id, r.to_json()) for r in (w.result for w in batch) if r is not None]
+        self._broker("publish results", partial(self.broker.send_many, self.config.response_queue, results))
         for w in batch:
             if w.result is not None:
                 self.metrics.results.labels(w.message.pipeline if w.message else "?", w.result.status).inc()
@@ -209,10 +246,11 @@ class Worker:
         for w in batch:
             if w.dead_letter is not None:
                 try:
-                    self.broker.dead_letter(w.delivery, w.dead_letter)
+                    self._broker("dead-letter", partial(self.broker.dead_letter, w.delivery, w.dead_letter))
                     self.metrics.dead_lettered.inc()
                 except LeaseLost:
                     log.warning("lease on %s lost before dead-lettering", w.delivery.message_id)
-        lost = self.broker.complete_many([w.delivery for w in batch if w.dead_letter is None])
+        done = [w.delivery for w in batch if w.dead_letter is None]
+        lost = self._broker("complete", partial(self.broker.complete_many, done))
         for d in lost:
             log.warning("lease on %s lost before completing; another worker has it", d.message_id)
