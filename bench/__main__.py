@@ -69,9 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nnearline benchmarks · {meta['started']} · {meta['cpus']} CPUs · {meta['elapsed_s']:.0f} s")
     print(f"offered rate {meta['offered_rate']:g} jobs/s ({meta['offered_rate_source']})\n")
     print(report.table(record, summary))
+    print(
+        "\nWhere the time goes: identity at 20/s, mean ms per hop (nearline_job_hop_seconds), and idle CPU:"
+    )
+    print(report.breakdown(summary))
     lines = report.goals(summary)
     if lines:
-        print("\nGoals (embedded and Redis ≥ 0.9 x limit; ≥ 3 x Celery with a lower p99):")
+        print(
+            "\nGoals (embedded and Redis ≥ 0.9 x limit; ≥ 3 x Celery with a lower p99; identity p50 ≤ "
+            "Celery's, p99 ≤ 1.5 x Celery's):"
+        )
         print("\n".join(f"- {line}" for line in lines))
     print(f"\nJSON: {json_path}")
     if why_not:

@@ -7,14 +7,19 @@
 2. saturation: closed loop, :data:`~bench.settings.CONCURRENCY` in flight for
    ``saturation_s``; throughput = completions per second after the ramp-up (``settle_s``);
 3. open loop: the run's fixed Poisson schedule at the offered rate → latency percentiles;
-4. overhead: the ``identity`` pipeline at :data:`~bench.settings.OVERHEAD_RATE` → latency.
+4. overhead: the ``identity`` pipeline at :data:`~bench.settings.OVERHEAD_RATE` → latency,
+   and, where the system reports them (nearline's ``nearline_job_hop_seconds``), the mean time
+   of each hop of the way (nearline/hops.py).
+
+Before the saturation run the system is left idle for ``idle_s``: the CPU its processes use
+meanwhile (% of a core) shows whether anything polls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from bench import workload
@@ -31,6 +36,8 @@ _PAUSE_S = 0.5
 
 #: Cumulative CPU seconds of the parts of a system (``{"system": s, "redis": s}``).
 CpuMeter = Callable[[], dict[str, float]]
+#: Cumulative ``{hop: (seconds, jobs)}`` of a system's per-hop histogram.
+HopMeter = Callable[[], Awaitable[dict[str, tuple[float, float]]]]
 
 
 class Client(Protocol):
@@ -52,11 +59,13 @@ async def measure(
     progress: Progress,
     cpu: CpuMeter | None = None,
     workers: int = 1,
+    hops: HopMeter | None = None,
 ) -> dict[str, Any]:
     """One round on a running system. ``rate`` None: offer OPEN_LOOP_FRACTION of the capacity
     this round measures (how the peer's round sets the run's rate). ``cpu``, when given, is
     read around the saturation run: CPU milliseconds per job of each part of the system, and
-    of this process (the load generator) as ``client``. ``workers``: the warm-up is per worker."""
+    of this process (the load generator) as ``client``, and around an idle spell. ``workers``:
+    the warm-up is per worker. ``hops``, when given, is read around the overhead run."""
     inputs = workload.inputs(_INPUTS)
     topics, identity = client.caller(PIPELINE), client.caller(IDENTITY)
     warmup = inputs[: sizes.warmup_jobs * workers]
@@ -64,6 +73,7 @@ async def measure(
     await closed_loop(topics, inputs[-48:], concurrency=4, progress=progress, phase="warm-up (small batches)")
     await closed_loop(identity, inputs[:16], concurrency=4)
     await asyncio.sleep(_PAUSE_S)
+    idle = await _idle_cpu(cpu, sizes.idle_s, progress) if cpu else {}
 
     cpu_before, client_before = (cpu() if cpu else {}), time.process_time()
     sat = await closed_loop(
@@ -89,8 +99,11 @@ async def measure(
     await asyncio.sleep(_PAUSE_S)
 
     schedule = workload.arrivals(OVERHEAD_RATE, sizes.overhead_s)
+    hops_before = await hops() if hops else {}
     over = await open_loop(identity, inputs, schedule, progress=progress, phase="overhead (identity)")
     over_summary = latency_summary(over.latencies, over.errors)
+    if hops:
+        over_summary["hops_ms"] = _hop_means(await hops(), hops_before)
     progress.note(
         f"identity overhead: p50 {over_summary['p50_ms']:.1f} ms, p99 {over_summary['p99_ms']:.1f} ms"
     )
@@ -102,6 +115,7 @@ async def measure(
             "cpu_ms_per_job": cpu_ms,
             "error_samples": sat.error_samples,
         },
+        "idle_cpu_percent": idle,
         "rate": offered,
         "open_loop": {
             **fixed_summary,
@@ -114,3 +128,26 @@ async def measure(
 
 def _per_job(after: dict[str, float], before: dict[str, float], jobs: int) -> dict[str, float]:
     return {part: 1000 * (after[part] - before[part]) / max(jobs, 1) for part in after}
+
+
+async def _idle_cpu(cpu: CpuMeter, seconds: float, progress: Progress) -> dict[str, float]:
+    """% of a core each part of the system uses while nothing is sent to it."""
+    progress.update(f"idle for {seconds:g} s")
+    before = cpu()
+    await asyncio.sleep(seconds)
+    after = cpu()
+    used = {part: 100 * (after[part] - before[part]) / seconds for part in after}
+    progress.note("idle CPU: " + ", ".join(f"{part} {pct:.2f}% of a core" for part, pct in used.items()))
+    return used
+
+
+def _hop_means(
+    after: dict[str, tuple[float, float]], before: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Mean milliseconds per job of each hop between two readings of the histogram."""
+    out = {}
+    for hop, (total, count) in after.items():
+        total0, count0 = before.get(hop, (0.0, 0.0))
+        if count > count0:
+            out[hop] = 1000 * (total - total0) / (count - count0)
+    return out

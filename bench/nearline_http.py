@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cases import Context
 from bench.load import Call
@@ -24,6 +25,8 @@ from bench.settings import CONCURRENCY, REQUEST_TIMEOUT_S
 
 #: Long-poll of each request (the contract's maximum).
 WAIT_S = "30"
+#: The server's per-hop histogram (nearline/hops.py).
+HOP_METRIC = "nearline_job_hop_seconds"
 
 
 class JobNotCompleted(RuntimeError):
@@ -69,6 +72,22 @@ class NearlineClient:
         async with self._http.request(method, url, params={"wait": WAIT_S}, **kw) as response:
             return response.status, response.headers.get("location"), await response.read()
 
+    async def hop_totals(self) -> dict[str, tuple[float, float]]:
+        """``{hop: (seconds, jobs)}`` so far, from the server's ``nearline_job_hop_seconds``."""
+        async with self._http.get(f"{self.base_url}/metrics") as response:
+            text = await response.text()
+        totals: dict[str, list[float]] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != HOP_METRIC:
+                continue
+            for sample in family.samples:
+                hop = sample.labels.get("hop", "")
+                if sample.name.endswith("_sum"):
+                    totals.setdefault(hop, [0.0, 0.0])[0] = sample.value
+                elif sample.name.endswith("_count"):
+                    totals.setdefault(hop, [0.0, 0.0])[1] = sample.value
+        return {hop: (total, count) for hop, (total, count) in totals.items()}
+
     async def close(self) -> None:
         await self._http.close()
 
@@ -79,7 +98,7 @@ def measure_url(base_url: str, ctx: Context, cpu: CpuMeter | None = None, worker
     async def go() -> dict[str, Any]:
         client = NearlineClient(base_url)
         try:
-            return await measure(client, ctx.sizes, ctx.rate, ctx.progress, cpu, workers)
+            return await measure(client, ctx.sizes, ctx.rate, ctx.progress, cpu, workers, client.hop_totals)
         finally:
             await client.close()
 

@@ -19,6 +19,20 @@ LIMIT, PEER = "limit", "celery"
 #: The goals of docs/benchmarks.md (Latest full run): what embedded and Redis should reach.
 GOAL_VS_LIMIT = 0.9
 GOAL_VS_PEER = 3.0
+#: Submit → result overhead (identity at 20/s, issue #19): p50 at most Celery's, p99 at most
+#: this many times Celery's, in the same run.
+GOAL_OVERHEAD_P99 = 1.5
+#: The hops of nearline/hops.py, in the order a job passes them (the breakdown's columns).
+HOPS = (
+    "http_in",
+    "enqueue",
+    "queue_wait",
+    "batch_wait",
+    "compute",
+    "publish",
+    "result_applied",
+    "long_poll_answered",
+)
 
 
 def summarize(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -79,6 +93,12 @@ def _extras(kind: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
         summary["errors"] = sum(r[phase]["errors"] for r in rounds)
         out[phase] = summary
     out["saturation_errors"] = sum(r["saturation"]["errors"] for r in rounds)
+    hops = [r["overhead"]["hops_ms"] for r in rounds if r["overhead"].get("hops_ms")]
+    if hops:
+        out["overhead"]["hops_ms"] = {h: median([r[h] for r in hops if h in r]) for h in HOPS if h in hops[0]}
+    idle = [r["idle_cpu_percent"] for r in rounds if r.get("idle_cpu_percent")]
+    if idle:
+        out["idle_cpu_percent"] = {part: median([r[part] for r in idle if part in r]) for part in idle[0]}
     return out
 
 
@@ -86,6 +106,7 @@ def goals(summary: dict[str, dict[str, Any]]) -> list[str]:
     """One line per goal and nearline system: the figure, the goal, how far off."""
     peer = summary.get(PEER, {})
     peer_p99 = peer.get("open_loop", {}).get("p99_ms")
+    peer_overhead = peer.get("overhead", {})
     lines = []
     for key, row in summary.items():
         if not (key.startswith(("embedded", "redis")) and "throughput" in row):
@@ -99,8 +120,21 @@ def goals(summary: dict[str, dict[str, Any]]) -> list[str]:
         if peer_p99 and not math.isnan(p99):
             verdict = "met" if p99 < peer_p99 else "NOT met"
             parts.append(f"p99 {p99:.0f} ms vs Celery {peer_p99:.0f} ms (lower: {verdict})")
+        if peer_overhead:
+            parts.append(_overhead_goal(row["overhead"], peer_overhead))
         lines.append(f"{row['title']}: " + "; ".join(parts))
     return lines
+
+
+def _overhead_goal(ours: dict[str, Any], peer: dict[str, Any]) -> str:
+    """Identity at 20/s: p50 at most Celery's, p99 at most GOAL_OVERHEAD_P99 x Celery's."""
+    p50, p99, peer_p50, peer_p99 = ours["p50_ms"], ours["p99_ms"], peer["p50_ms"], peer["p99_ms"]
+    met50 = "met" if p50 <= peer_p50 else "NOT met"
+    met99 = "met" if p99 <= GOAL_OVERHEAD_P99 * peer_p99 else "NOT met"
+    return (
+        f"identity p50 {p50:.1f} vs Celery {peer_p50:.1f} ms (≤: {met50}), "
+        f"p99 {p99:.1f} vs {GOAL_OVERHEAD_P99:g} x {peer_p99:.1f} ms (≤: {met99})"
+    )
 
 
 def _goal(figure: str, value: float, goal: float) -> str:
@@ -142,6 +176,26 @@ def table(record: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
             busy = 100 * row["busy_fraction"]
             cells += [f"batches of {row['batch_mean']:.1f}; in the pipeline {busy:.0f}% of the time", ""]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def breakdown(summary: dict[str, dict[str, Any]]) -> str:
+    """Where the identity run's time goes (mean ms per hop, nearline/hops.py), and idle CPU."""
+    head = "| system | " + " | ".join(HOPS) + " | sum of hops | client mean | idle CPU, % of a core |"
+    lines = [head, "|---" * (len(HOPS) + 4) + "|"]
+    for row in summary.values():
+        if row.get("kind") != "e2e" or "overhead" not in row:
+            continue
+        hops = row["overhead"].get("hops_ms", {})
+        cells = [f"{hops[h]:.2f}" if h in hops else "" for h in HOPS]
+        total = f"{sum(hops.values()):.2f}" if hops else ""
+        idle = row.get("idle_cpu_percent", {})
+        idle_cell = "; ".join(f"{part} {pct:.2f}" for part, pct in idle.items())
+        lines.append(
+            f"| {row['title']} | "
+            + " | ".join(cells)
+            + f" | {total} | {row['overhead']['mean_ms']:.2f} | {idle_cell} |"
+        )
     return "\n".join(lines)
 
 

@@ -14,10 +14,11 @@ DEFAULT_MODELS = Path(os.environ.get("NEARLINE_MODELS", ROOT / "models"))
 PIPELINE = "topics"
 IDENTITY = "identity"
 
-#: Redis databases of our own: the test suite uses 9..14 (tests/test_redis_*.py, test_brokers.py,
-#: test_store.py) and bench/redis_throughput.py 8. Both are flushed before and after every case.
+#: Redis databases of our own: the test suite uses 6 and 8..15 (tests/test_hostile_input.py,
+#: tests/test_redis_*.py, test_brokers.py, test_store.py, test_idempotency.py) and
+#: bench/redis_throughput.py 8. Both are flushed before and after every case.
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-NEARLINE_REDIS_DB = 6
+NEARLINE_REDIS_DB = 1
 CELERY_REDIS_DB = 7
 
 #: Batch size of the limit case: the workers' default ``max_batch`` (nearline.constants).
@@ -61,6 +62,7 @@ class Sizes:
         settle_s: Start of a saturation run left out of its throughput (ramp-up).
         open_loop_s: Length of the open-loop run at the fixed offered rate.
         overhead_s: Length of the identity run at :data:`OVERHEAD_RATE`.
+        idle_s: How long a warmed-up system is left idle while its CPU time is read.
     """
 
     rounds: int
@@ -71,6 +73,7 @@ class Sizes:
     settle_s: float
     open_loop_s: float
     overhead_s: float
+    idle_s: float
 
 
 FULL = Sizes(
@@ -82,6 +85,7 @@ FULL = Sizes(
     settle_s=1.25,
     open_loop_s=4.0,
     overhead_s=4.0,
+    idle_s=10.0,
 )
 #: One round of the systems the goals are about; the variants (``once``) only when named.
 QUICK = Sizes(
@@ -92,5 +96,6 @@ QUICK = Sizes(
     saturation_s=3.0,
     settle_s=0.75,
     open_loop_s=3.0,
-    overhead_s=2.5,
+    overhead_s=5.0,
+    idle_s=5.0,
 )

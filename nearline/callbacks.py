@@ -1,39 +1,36 @@
-"""Callbacks: POST a job's status document to its ``callback_url`` when it ends, and the guard
-that decides where such a request may go.
+"""Callbacks: the guard that decides where a job's webhook may go.
 
 A callback is a request the server makes because a client asked, so without a guard a client
 could aim it at anything the server can reach (server-side request forgery): nearline's own API
 on loopback (a callback once terminated another caller's job), a cloud metadata service on
 169.254.169.254, a database on the private network. The rules:
 
-* only ``http`` and ``https``; no ``user:password@`` in the URL (it would be sent as Basic auth);
-* the host is resolved once, and every address it resolves to must be a public unicast address
-  (:func:`nearline.addresses.non_public_reason`), unless the allow-list
-  (``NEARLINE_CALLBACK_ALLOW``: networks and host names) admits the address or names the host;
-* the request goes to an address that was checked: the URL is rewritten to that address and the
-  name travels in the ``Host`` header and, for https, in TLS SNI (the certificate is verified
-  against the name), so a second DNS answer cannot move it (DNS rebinding); no proxy from the
-  environment, no redirects followed, the response body is not read.
+* only ``https``; ``http`` only where the allow-list (``NEARLINE_CALLBACK_ALLOW``: networks and
+  host names) admits the host, as for a receiver on loopback or the private network;
+* no ``user:password@`` in the URL (it would be sent as Basic auth);
+* every address the host resolves to must be a public unicast address
+  (:func:`nearline.addresses.non_public_reason`), unless the allow-list admits the address or
+  names the host;
+* the request goes to an address that was checked, and the socket's peer is checked again
+  before a byte is sent; no proxy, no redirects, bounded timeouts and reply
+  (:mod:`nearline.callback_sender`, :mod:`nearline.guarded_transport`).
 
-At submit (:func:`check_callback_url`), a URL that can never pass is a ``400``: a scheme, user
-info, or a literal address outside the allow-list, in any spelling (``2130706433``, ``0x7f.1``,
-``[::ffff:127.0.0.1]``, ``localhost.``). A host name is checked when the callback is sent, since
-it may resolve differently then. A callback refused then is logged once, with the reason, and
-never sent.
+At submit (:meth:`CallbackGuard.check` and :meth:`CallbackGuard.check_names`), a URL that can
+never pass is a ``400``: a scheme, user info, a literal address outside the allow-list in any
+spelling (``2130706433``, ``0x7f.1``, ``[::ffff:127.0.0.1]``, ``localhost.``), or a name that
+resolves to one. Names are resolved again for each attempt, since they may resolve differently
+then. Signing and retrying are :mod:`nearline.webhooks` and :mod:`nearline.deliveries`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
-
-import httpx
 
 from nearline.addresses import (
     AllowList,
@@ -44,19 +41,15 @@ from nearline.addresses import (
     non_public_reason,
 )
 from nearline.errors import RequestError
-from nearline.jobs import JobRecord, status_document
 from nearline.settings import CALLBACK_ALLOW
 
-log = logging.getLogger("nearline.callbacks")
-
-#: Tries per callback, with a pause of 0.5 s, then 1 s, between them (best effort).
-CALLBACK_ATTEMPTS = 3
-#: Connect, send and response timeout of each try.
-CALLBACK_TIMEOUT_S = 5.0
 #: Longest ``callback_url`` accepted; longer URLs are refused by many servers and proxies.
 MAX_CALLBACK_URL = 2048
+#: Longest wait for DNS at submit; past it the name is accepted and checked when sent.
+SUBMIT_RESOLVE_S = 2.0
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _ALLOW_HINT = f"callbacks go to public addresses only, unless {CALLBACK_ALLOW.name} allows it"
+_HTTP_HINT = f"use https, or allow the host in {CALLBACK_ALLOW.name}"
 
 #: Looks a host name up: ``(name, port) -> addresses``, as text. Tests pass a stub.
 Resolver = Callable[[str, int], Sequence[str]]
@@ -95,21 +88,18 @@ class Target:
 
 
 def configured_allow_list(environ: Mapping[str, str] | None = None) -> AllowList:
-    """The allow-list ``NEARLINE_CALLBACK_ALLOW`` sets (``environ`` defaults to the process's).
-
-    ``nearline serve`` loads the same variable into its settings at start, so a bad value
-    stops it there rather than here.
-    """
+    """The allow-list ``NEARLINE_CALLBACK_ALLOW`` sets (``environ`` defaults to the process's)."""
     allow: AllowList = CALLBACK_ALLOW.read(os.environ if environ is None else environ)
     return allow
 
 
 def check_callback_url(url: str, allow: AllowList) -> Target:
-    """Check ``url`` as far as can be done without DNS; what :meth:`CallbackSender.send` sends to.
+    """Check ``url`` as far as can be done without DNS.
 
     Raises:
-        CallbackRefused: The URL can never be sent to: not http(s), user info, no host, a bad
-            port, or an address (in any spelling) that is neither public nor allowed.
+        CallbackRefused: The URL can never be sent to: not https (nor http to an allowed host),
+            user info, no host, a bad port, or an address (in any spelling) that is neither
+            public nor allowed.
     """
     if len(url) > MAX_CALLBACK_URL:
         raise CallbackRefused(f"is longer than {MAX_CALLBACK_URL} characters")
@@ -121,7 +111,7 @@ def check_callback_url(url: str, allow: AllowList) -> Target:
     except ValueError as exc:
         raise CallbackRefused(f"is not a valid URL: {exc}") from None
     if parts.scheme not in _DEFAULT_PORTS or not parts.netloc:
-        raise CallbackRefused("must be an absolute http(s) URL")
+        raise CallbackRefused("must be an absolute https URL")
     if "@" in parts.netloc:
         raise CallbackRefused("must not carry a user name or password")
     if not parts.hostname or port == 0:
@@ -132,6 +122,8 @@ def check_callback_url(url: str, allow: AllowList) -> Target:
         if why is not None:
             written = "" if parts.hostname == host else f"{parts.hostname} = "
             raise CallbackRefused(f"names {written}{why}; {_ALLOW_HINT}")
+        if parts.scheme == "http" and not allow.allows_address(address):
+            raise CallbackRefused(f"is http to {address}, which the allow-list does not name; {_HTTP_HINT}")
     elif is_localhost_name(host) and not allow.allows_host(host):
         raise CallbackRefused(f"names {host}, a loopback name; {_ALLOW_HINT}")
     port = port or _DEFAULT_PORTS[parts.scheme]
@@ -168,100 +160,64 @@ def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-class CallbackSender:
-    """Sends callbacks under the guard of the module docstring.
+class CallbackGuard:
+    """Where callbacks may go: the allow-list and the resolver that names are looked up with.
 
     Args:
-        allow: Non-public networks and host names that callbacks may go to anyway.
+        allow: Non-public networks and host names that callbacks may go to anyway (and the
+            only ones that ``http`` may go to).
         resolver: Looks host names up (the system resolver; tests pass a stub).
-        transport: Makes the HTTP transport of one callback (a fresh one each, so that no
-            connection made for one host name is reused for another at the same address).
-        attempts: Tries per callback.
     """
 
-    def __init__(
-        self,
-        allow: AllowList | None = None,
-        *,
-        resolver: Resolver = resolve,
-        transport: Callable[[], httpx.BaseTransport] = httpx.HTTPTransport,
-        attempts: int = CALLBACK_ATTEMPTS,
-    ) -> None:
+    def __init__(self, allow: AllowList | None = None, *, resolver: Resolver = resolve) -> None:
         self.allow = AllowList() if allow is None else allow
         self.resolver = resolver
-        self.transport = transport
-        self.attempts = attempts
 
-    def send(self, job: JobRecord) -> bool:
-        """POST ``job``'s status document to its ``callback_url``; True once a try got a 2xx.
+    def check(self, url: str) -> Target:
+        """:func:`check_callback_url` under this guard's allow-list (no DNS)."""
+        return check_callback_url(url, self.allow)
 
-        A refused URL is logged once and not sent; a redirect is not followed; other failures
-        are retried up to ``attempts`` times, each try logged.
+    def check_names(self, url: str) -> None:
+        """At submit: refuse a name that resolves to an address the callback may not go to.
+
+        A name that does not resolve now is accepted (DNS may be down for a moment); it is
+        resolved again, and checked, for every attempt.
+
+        Raises:
+            CallbackRefused: The URL fails :meth:`check`, or its name resolves to a non-public
+                address the allow-list does not admit.
         """
-        if not job.callback_url:
-            return False
-        try:
-            target = check_callback_url(job.callback_url, self.allow)
-            addresses = self.addresses_of(target)
-        except CallbackRefused as exc:
-            log.warning("callback of job %s not sent: callback_url %s", job.id, exc.message)
-            return False
-        document = status_document(job)
-        for attempt in range(self.attempts):
-            if attempt:
-                time.sleep(0.5 * 2 ** (attempt - 1))
-            address = addresses[attempt % len(addresses)]
-            try:
-                status = self._post(target, address, document)
-            except httpx.HTTPError as exc:
-                log.warning("callback of job %s failed (try %d): %s", job.id, attempt + 1, exc)
-                continue
-            if 200 <= status < 300:
-                return True
-            if 300 <= status < 400:
-                log.warning("callback of job %s got a redirect (%d), not followed", job.id, status)
-                return False
-            log.warning("callback of job %s got %d (try %d)", job.id, status, attempt + 1)
-        return False
+        target = self.check(url)
+        if target.address is None:
+            with contextlib.suppress(Unresolved):
+                self.addresses(target)
 
-    def addresses_of(self, target: Target) -> list[IPAddress]:
+    def addresses(self, target: Target) -> list[IPAddress]:
         """The addresses to connect to for ``target``, every one of them checked.
 
         Raises:
-            CallbackRefused: The name does not resolve, or one of its addresses is neither
-                public nor allowed (and the allow-list does not name the host).
+            Unresolved: The name does not resolve (now).
+            CallbackRefused: One of its addresses is neither public nor allowed (and the
+                allow-list does not name the host), or it is ``http`` to a host not allowed.
         """
         if target.address is not None:
             return [target.address]
         try:
             found = [ipaddress.ip_address(a) for a in self.resolver(target.host, target.port)]
         except (OSError, UnicodeError, ValueError) as exc:
-            raise CallbackRefused(f"names {target.host}, which does not resolve: {exc}") from None
+            raise Unresolved(f"{target.host} does not resolve: {exc}") from None
         if not found:
-            raise CallbackRefused(f"names {target.host}, which resolves to no address")
-        if not self.allow.allows_host(target.host):
-            for address in found:
-                why = refusal(address, self.allow)
-                if why is not None:
-                    raise CallbackRefused(f"names {target.host}, which resolves to {why}; {_ALLOW_HINT}")
+            raise Unresolved(f"{target.host} resolves to no address")
+        if self.allow.allows_host(target.host):
+            return found
+        for address in found:
+            why = refusal(address, self.allow)
+            if why is not None:
+                raise CallbackRefused(f"names {target.host}, which resolves to {why}; {_ALLOW_HINT}")
+            if target.scheme == "http" and not self.allow.allows_address(address):
+                raise CallbackRefused(f"is http to {target.host} ({address}), not allowed; {_HTTP_HINT}")
         return found
 
-    def _post(self, target: Target, address: IPAddress, document: object) -> int:
-        """One try: POST to ``address``, naming the host as the URL did; the response status."""
-        extensions = {"sni_hostname": target.host} if target.address is None else {}
-        with httpx.Client(
-            transport=self.transport(),
-            follow_redirects=False,
-            trust_env=False,  # an environment proxy would tunnel to the address, not the name
-            timeout=CALLBACK_TIMEOUT_S,
-        ) as client:
-            request = client.build_request(
-                "POST",
-                target.url_for(address),
-                json=document,
-                headers={"Host": target.host_header},
-                extensions=extensions,
-            )
-            response = client.send(request, stream=True)
-            response.close()  # the receiver's body is of no interest, however large
-            return response.status_code
+
+class Unresolved(Exception):
+    """A callback's host name did not resolve: worth another try later, not a refusal."""

@@ -1,8 +1,8 @@
-"""The ``nearline`` command: serve, worker, models, and the client commands.
+"""The ``nearline`` command: init, check, serve, worker, models, and the client commands.
 
-``serve``, ``worker``, ``models build`` and ``triton serve`` own their flags, derived from
-:mod:`nearline.settings`. User errors print one line (``prog: ...``, :func:`fail`) and exit with
-:func:`nearline.errors.exit_code`'s status; never a traceback.
+``init``, ``check``, ``serve``, ``worker``, ``models build|import`` and ``triton serve`` own
+their flags, derived from :mod:`nearline.settings`. User errors print one line (``prog: ...``,
+:func:`fail`) and exit with :func:`nearline.errors.exit_code`'s status; never a traceback.
 """
 
 from __future__ import annotations
@@ -108,12 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nearline {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the API, the lifecycle and workers in one process tree", add_help=False)
+    sub.add_parser(
+        "init", help="make a new project: pipelines, steps, a model, a test, a Dockerfile", add_help=False
+    )
+    sub.add_parser(
+        "check", help="load every pipeline and model and run each pipeline's examples", add_help=False
+    )
     w = sub.add_parser("worker", help="run a scoring worker (same as python -m workers)", add_help=False)
     w.set_defaults(func=None)
     m = sub.add_parser("models", help="the model repository")
     msub = m.add_subparsers(dest="models_command", required=True)
     b = msub.add_parser("build", help="build the example model repository", add_help=False)
     b.set_defaults(func=None)
+    i = msub.add_parser("import", help="import an ONNX or TorchScript model file", add_help=False)
+    i.set_defaults(func=None)
     t = sub.add_parser("triton", help="a local Triton Inference Server for the model repository")
     tsub = t.add_subparsers(dest="triton_command", required=True)
     tsub.add_parser("serve", help="serve the model repository with Triton (via pytriton)", add_help=False)
@@ -123,10 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # `serve`, `worker`, `models build` and `triton serve` own their flags (and read the
-    # environment): hand the rest of the line to them.
+    # `init`, `check`, `serve`, `worker`, `models build|import` and `triton serve` own their flags
+    # (and read the environment): hand the rest of the line to them.
     if argv[:1] == ["serve"]:
         return serve_main(argv[1:])
+    if argv[:1] == ["check"]:
+        from nearline.check import main as check_main
+
+        return check_main(argv[1:])
+    if argv[:1] == ["init"]:
+        from nearline.project import main as init_main
+
+        return init_main(argv[1:])
     if argv[:1] == ["worker"]:
         from nearline.worker.cli import main as worker_main
 
@@ -135,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         from nearline.models.build import main as build_main
 
         return build_main(argv[2:])
+    if argv[:2] == ["models", "import"]:
+        from nearline.models.importer import main as import_main
+
+        return import_main(argv[2:])
     if argv[:2] == ["triton", "serve"]:
         from nearline.triton.server import main as triton_main
 

@@ -20,9 +20,12 @@ LEASE_S = 30.0
 #: Deliveries after which a message is dead-lettered and its job fails with PoisonMessage.
 MAX_DELIVERIES = 5
 
-#: Worker micro-batching: release a batch when it is this full or this old, whichever first.
+#: Worker micro-batching (nearline/batching.py): a batch holds at most MAX_BATCH requests, and a
+#: free worker takes what is waiting at once (MAX_WAIT_MS 0): what arrives while it computes
+#: makes the next batch, so batches fill with the load and a lone request never waits for
+#: company (a 5 ms wait was a third of the submit → result time of a trivial pipeline).
 MAX_BATCH = 32
-MAX_WAIT_MS = 5
+MAX_WAIT_MS = 0
 
 #: HTTP API defaults. Port 7071 is what `func start` uses, so clients need no change.
 HTTP_HOST = "127.0.0.1"
@@ -79,6 +82,27 @@ WORKER_HOST = "127.0.0.1"
 #: one broker and not another. On Redis it keeps stream entries small: a 32-message read then
 #: moves kilobytes, not megabytes, and the worker fetches large bodies with one MGET.
 CLAIM_CHECK_BYTES = 256 * 1024
+
+#: Azure Storage containers in the account of NEARLINE_BLOB_STORE: claim-checked bodies of the
+#: Service Bus profile, and the tombstones of terminated jobs that workers consult. Two
+#: containers, so that roles and the lifecycle rule (docs/azure.md) can name each one.
+BODIES_CONTAINER = "nearline-bodies"
+TOMBSTONES_CONTAINER = "nearline-terminated"
+
+#: Azure: how old a reading of the request queues' depth may be before a submit refreshes it.
+#: Reading it is a management call per lane; Service Bus's own counts lag by seconds anyway,
+#: so a fresher reading would cost calls without being truer.
+DEPTH_READING_S = 5.0
+
+#: Callback deliveries (``nearline.deliveries``): the first retry after this many seconds, each
+#: next one after twice the last (with jitter, never over WEBHOOK_MAX_RETRY_S), until the
+#: delivery is WEBHOOK_MAX_AGE_S old or has made WEBHOOK_MAX_ATTEMPTS attempts. A day of
+#: retries rides out a receiver's outage overnight (40 attempts at these delays last about a
+#: day); the hourly cap keeps a receiver that is back up from waiting long for its events.
+WEBHOOK_RETRY_S = 5.0
+WEBHOOK_MAX_RETRY_S = 3600.0
+WEBHOOK_MAX_AGE_S = 24 * 3600.0
+WEBHOOK_MAX_ATTEMPTS = 40
 
 #: ``nearline triton serve``: Triton's own default ports, on loopback unless told otherwise
 #: (Triton's endpoints have no authentication of their own).

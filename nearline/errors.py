@@ -16,8 +16,10 @@ place that turns them (and the client's errors) into a command's exit status.
     ├── RequestError                400  BadRequest        the request's fault
     │   ├── InvalidInput *          400  InvalidInput      fails the schema or a step
     │   ├── CallbackRefused         400  CallbackRefused   (nearline.callbacks) never sent there
+    │   ├── WebhookVerificationError 400 WebhookVerificationFailed  (nearline.webhooks) receivers
     │   ├── UnknownPipeline         404  UnknownPipeline
     │   ├── JobNotFound             404  NotFound
+    │   ├── PageNotFound            404  NotFound          (no such /docs file)
     │   ├── JobGone                 410  Gone
     │   ├── Conflict                409  Conflict          purge of a job not ended; a key's
     │   │                                                  first request still being created
@@ -115,6 +117,13 @@ class JobNotFound(RequestError):
     """No job with that id."""
 
     code = "NotFound"
+    status = 404
+
+
+class PageNotFound(RequestError):
+    """No page or file of that name (``/docs/{asset}``)."""
+
+    code = "PageNotFound"
     status = 404
 
 

@@ -35,7 +35,9 @@ class JobRecord:
     The idempotency fields (:mod:`nearline.idempotency`) are set on keyed jobs only:
     ``idempotency_slot`` is the key's slot (one job per slot), ``fingerprint`` the request's digest
     a repeat is compared with. ``enqueued`` is False while a keyed job's record is claimed and its
-    request message not yet sent (a repeat then gets 409).
+    request message not yet sent (a repeat then gets 409). ``status_url`` is kept for a job with a
+    ``callback_url``: its status URL as the submitter was given it, which an event too large to
+    carry the job's input and output links to (docs/webhooks.md).
     """
 
     id: str
@@ -53,6 +55,7 @@ class JobRecord:
     idempotency_slot: str | None = None
     fingerprint: str | None = None
     enqueued: bool = True
+    status_url: str | None = None
 
     def with_status(self, status: JobStatus, output: Any = None, now: float | None = None) -> JobRecord:
         return replace(self, status=status, output=output, updated=now if now is not None else time.time())
@@ -77,6 +80,31 @@ def status_document(job: JobRecord) -> dict[str, Any]:
         "createdTime": iso(job.created),
         "lastUpdatedTime": iso(job.updated),
     }
+
+
+def callback_status(
+    state: str,
+    attempts: int = 0,
+    last_status: int | None = None,
+    last_error: str | None = None,
+    next_attempt: float | None = None,
+) -> dict[str, Any]:
+    """``customStatus.callback`` of a job with a ``callback_url`` (docs/webhooks.md).
+
+    ``state`` is ``Pending`` (being delivered), ``Delivered`` or ``GivenUp``; ``last_status``
+    the receiver's last HTTP status (None: no answer), ``last_error`` what went wrong last.
+    """
+    return {
+        "state": state,
+        "attempts": attempts,
+        "lastStatus": last_status,
+        "lastError": last_error,
+        "nextAttemptTime": iso(next_attempt),
+    }
+
+
+#: ``custom_status`` of a job with a ``callback_url`` once it has ended, until the first attempt.
+PENDING_CALLBACK: dict[str, Any] = {"callback": callback_status("Pending")}
 
 
 def error_output(code: str, message: str) -> dict[str, Any]:

@@ -5,8 +5,9 @@
 * deadlines: end jobs whose deadline passed with ``DeadlineExceeded`` even if no worker ever
   took them;
 * retention: purge terminal records older than the retention period;
-* callbacks: POST the status document to a job's ``callback_url`` when it ends (best effort,
-  only to addresses the guard of :mod:`nearline.callbacks` allows).
+* callbacks: deliver the outbox (:mod:`nearline.deliveries`): signed events to the
+  ``callback_url`` of ended jobs, retried, only where the guard of :mod:`nearline.callbacks`
+  allows.
 
 Every API replica may run one; on Redis their result consumers share one consumer group.
 """
@@ -17,14 +18,17 @@ import contextlib
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-from nearline.brokers.base import Broker, LeaseLost
-from nearline.callbacks import CallbackSender, configured_allow_list
+from nearline.brokers.base import Broker, Delivery, LeaseLost
+from nearline.callback_sender import CallbackSender
+from nearline.callbacks import CallbackGuard, configured_allow_list
 from nearline.constants import RESPONSE_QUEUE, RETENTION_S
+from nearline.deliveries import Dispatcher
 from nearline.errors import DeadlineExceeded, NearlineError
+from nearline.hops import HopTimes
 from nearline.jobs import JobStatus, error_output
 from nearline.messages import MessageError, ResultMessage
+from nearline.settings import WebhookSettings
 from nearline.store.base import StatusStore
 
 log = logging.getLogger("nearline.lifecycle")
@@ -42,7 +46,9 @@ class Lifecycle:
     """Runs the lifecycle threads for one broker + store until :meth:`stop`.
 
     Args:
-        callbacks: Sends the callbacks; default: one under ``NEARLINE_CALLBACK_ALLOW``.
+        deliveries: Delivers the callbacks; default: one under ``NEARLINE_CALLBACK_ALLOW`` and
+            the ``NEARLINE_WEBHOOK_*`` settings.
+        hops: Where each applied result's hops are timed (the API's ``/metrics``); None: not timed.
     """
 
     def __init__(
@@ -52,16 +58,19 @@ class Lifecycle:
         *,
         retention_s: float = RETENTION_S,
         response_queue: str = RESPONSE_QUEUE,
-        callbacks: CallbackSender | None = None,
+        deliveries: Dispatcher | None = None,
+        hops: HopTimes | None = None,
     ) -> None:
         self.broker = broker
+        self.hops = hops
         self.store = store
         self.retention_s = retention_s
         self.response_queue = response_queue
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.sender = callbacks or CallbackSender(configured_allow_list())
-        self._callbacks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="callback")
+        self.deliveries = deliveries or Dispatcher(
+            store, CallbackSender(CallbackGuard(configured_allow_list())), WebhookSettings.from_env()
+        )
         self._unlisten = store.on_finish(self._announce)
 
     def start(self) -> None:
@@ -69,13 +78,14 @@ class Lifecycle:
             t = threading.Thread(target=target, name=f"lifecycle-{target.__name__}", daemon=True)
             t.start()
             self._threads.append(t)
+        self.deliveries.start()
 
     def stop(self) -> None:
         self._unlisten()
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5)
-        self._callbacks.shutdown(wait=False, cancel_futures=True)
+        self.deliveries.stop()
 
     # -- results ------------------------------------------------------------------------
 
@@ -101,31 +111,29 @@ class Lifecycle:
             failures = 0
 
     def _apply_round(self) -> None:
+        """Receive a batch of results and end their jobs in one store call, then settle them."""
         deliveries = self.broker.receive(self.response_queue, RESULT_BATCH, 0.5)
-        done = []
+        done: list[tuple[Delivery, ResultMessage]] = []
         for d in deliveries:
             try:
-                self.apply(ResultMessage.from_json(d.body))
-                done.append(d)
+                done.append((d, ResultMessage.from_json(d.body)))
             except MessageError as exc:
                 # A result that does not parse will not parse on retry either.
                 log.error("dead-lettering malformed result %s: %s", d.message_id, exc.message)
                 with contextlib.suppress(LeaseLost):
                     self.broker.dead_letter(d, f"malformed result message: {exc.message}")
-        for d in self.broker.complete_many(done):
+        if done:
+            now = time.time()  # the jobs' end: their records' `updated`
+            self.store.finish_many([_end(result) for _, result in done], now)
+            if self.hops is not None:
+                for d, result in done:
+                    self.hops.applied(result, d.enqueued_at, now)
+        for d in self.broker.complete_many([d for d, _ in done]):
             log.warning("lease on result %s lost; another replica has it", d.message_id)
 
     def apply(self, result: ResultMessage) -> bool:
         """End a job from its result message; False if it had already ended (kept as it was)."""
-        if result.status == "Completed":
-            status, output = JobStatus.COMPLETED, result.output
-        else:
-            error = result.error or {}
-            status, output = (
-                JobStatus.FAILED,
-                error_output(error.get("code", "Failed"), error.get("message", "")),
-            )
-        return self._finish(result.id, status, output)
+        return self._finish(*_end(result))
 
     # -- deadlines and retention --------------------------------------------------------
 
@@ -156,10 +164,16 @@ class Lifecycle:
         return self.store.finish(job_id, status, output, time.time())
 
     def _announce(self, job_id: str) -> None:
-        """Store listener: POST the status document to the job's callback URL, off this thread.
+        """Store listener: the job's callback, if it has one, is in the outbox now; send it.
 
         Runs for every end this process makes: results, deadlines and terminate requests.
         """
-        job = self.store.get(job_id)
-        if job is not None and job.callback_url:
-            self._callbacks.submit(self.sender.send, job)
+        self.deliveries.wake()
+
+
+def _end(result: ResultMessage) -> tuple[str, JobStatus, object]:
+    """``(job id, terminal status, output)`` that ``result`` ends its job with."""
+    if result.status == "Completed":
+        return result.id, JobStatus.COMPLETED, result.output
+    error = result.error or {}
+    return result.id, JobStatus.FAILED, error_output(error.get("code", "Failed"), error.get("message", ""))

@@ -79,6 +79,8 @@ class ResultMessage:
     output: Any = None
     error: dict[str, str] | None = None
     worker: str = ""
+    request_enqueued_at: float | None = None
+    received_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -96,6 +98,8 @@ class ResultMessage:
             "id": self.id,
             "status": self.status,
             "worker": self.worker,
+            "request_enqueued_at": self.request_enqueued_at,
+            "received_at": self.received_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "timings": self.timings,
@@ -125,6 +129,8 @@ class ResultMessage:
                 output=data.get("output"),
                 error=error,
                 worker=str(data.get("worker", "")),
+                request_enqueued_at=_time(data, "request_enqueued_at"),
+                received_at=_time(data, "received_at"),
                 started_at=data.get("started_at"),
                 finished_at=data.get("finished_at"),
                 timings=dict(data.get("timings") or {}),
@@ -150,6 +156,13 @@ def _load_object(body: bytes | str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MessageError("message is not a JSON object")
     return data
+
+
+def _time(data: dict[str, Any], key: str) -> float | None:
+    """An optional epoch-seconds field, for observation only: None when absent (older workers
+    send none) or not a number (a result is never lost over its timestamps)."""
+    value = data.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _str(data: dict[str, Any], key: str) -> str:

@@ -15,12 +15,22 @@ says ``degraded`` with the reason meanwhile.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nearline.addresses import is_loopback
 from nearline.brokers import open_broker, scheme_of
 from nearline.errors import ConfigError
 from nearline.settings import API_KEYS, ServeSettings
 from nearline.worker_pool import WorkerPool
+
+if TYPE_CHECKING:
+    from nearline.callbacks import CallbackGuard
+    from nearline.deliveries import Dispatcher
+    from nearline.http.metrics import ApiMetrics
+    from nearline.pipelines.spec import Catalog
+    from nearline.reload import Reloader
+    from nearline.store.base import StatusStore
+    from nearline.store_jobs import StoreJobs
 
 
 def check_exposure(cfg: ServeSettings) -> None:
@@ -49,33 +59,68 @@ def serve(cfg: ServeSettings) -> int:
     from nearline.store_jobs import StoreJobs
 
     check_exposure(cfg)
+    if cfg.reload and scheme_of(cfg.broker_url) == "memory":
+        raise ConfigError("--reload starts worker processes again; memory:// runs its workers as threads")
     url = cfg.broker_url
     if scheme_of(url) == "sqlite":
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
     catalog = load_pipelines(cfg.worker.pipelines)
     models = cfg.worker.models
     if not cfg.no_workers and not (models / ".").exists():
-        raise ConfigError(f"model repository {models} not found: run `nearline models build --out {models}`")
+        raise ConfigError(
+            f"model repository {models} not found: `nearline models build --out {models}` builds the "
+            "examples'; a project's own come from its build script or `nearline models import`"
+        )
     server = ApiServer(cfg.host, cfg.port, cfg.api)  # the address is taken now: in use fails at once
     broker, store = open_broker(url), open_store(url)
-    jobs = StoreJobs(
-        catalog, broker, store, max_queue_depth=cfg.api.max_queue_depth, max_body=cfg.api.max_body
+    guard, deliveries, metrics = callback_parts(cfg, store)
+    limits = {"max_queue_depth": cfg.api.max_queue_depth, "max_body": cfg.api.max_body}
+    jobs = StoreJobs(catalog, broker, store, callbacks=guard, **limits)
+    lifecycle = Lifecycle(
+        broker, store, retention_s=cfg.retention_s, deliveries=deliveries, hops=metrics.hops
     )
-    lifecycle = Lifecycle(broker, store, retention_s=cfg.retention_s)
     workers = WorkerPool(cfg, url)
+    reloader = None
     try:
         workers.start()  # returns once every worker has loaded every pipeline and model
+        reloader = watch(cfg, jobs, workers)
         lifecycle.start()
-        _print_banner(cfg, server.port, url, catalog.names())
-        app = create_app(jobs, cfg.api.api_keys, health=workers.health, body_timeout_s=cfg.api.body_timeout_s)
+        _print_banner(cfg, server.port, url, catalog)
+        timeout = cfg.api.body_timeout_s
+        app = create_app(
+            jobs, cfg.api.api_keys, health=workers.health, body_timeout_s=timeout, metrics=metrics
+        )
         server.run(app)
     finally:
         server.close()
+        if reloader is not None:
+            reloader.stop()
         workers.stop()
         lifecycle.stop()
         broker.close()
         store.close()
     return 0
+
+
+def watch(cfg: ServeSettings, jobs: StoreJobs, workers: WorkerPool) -> Reloader | None:
+    """With ``--reload``: watch the pipelines, steps and models, and reload them on a change."""
+    if not cfg.reload:
+        return None
+    from nearline.reload import Reloader
+
+    return Reloader(cfg, jobs, workers).start()
+
+
+def callback_parts(cfg: ServeSettings, store: StatusStore) -> tuple[CallbackGuard, Dispatcher, ApiMetrics]:
+    """Where callbacks may go (checked at submit and when sent), the dispatcher that delivers
+    them, and the metrics it counts in (``GET /metrics``'s)."""
+    from nearline.callback_sender import CallbackSender
+    from nearline.callbacks import CallbackGuard
+    from nearline.deliveries import Dispatcher
+    from nearline.http.metrics import ApiMetrics
+
+    guard, metrics = CallbackGuard(cfg.api.callback_allow), ApiMetrics()
+    return guard, Dispatcher(store, CallbackSender(guard), cfg.webhooks, registry=metrics.registry), metrics
 
 
 def default_pipelines() -> Path:
@@ -85,17 +130,31 @@ def default_pipelines() -> Path:
     return PIPELINES_FILE
 
 
-def _print_banner(cfg: ServeSettings, port: int, url: str, pipelines: list[str]) -> None:
+def _print_banner(cfg: ServeSettings, port: int, url: str, catalog: Catalog) -> None:
+    import json
+    import shlex
+
+    from nearline.pipelines.samples import sample_input
+
     base = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{port}"
     key = ' -H "x-functions-key: $KEY"' if cfg.api.api_keys else ""
     workers = "none (--no-workers)" if cfg.no_workers else str(cfg.workers)
-    print(
-        f"nearline serving on {base}  (queue {url}, workers {workers})\n"
-        f"  pipelines: {', '.join(pipelines)}   [{base}/api/pipelines]\n"
-        f"  OpenAPI:   {base}/api/openapi.json   metrics: {base}/metrics\n"
-        f"Try it:\n"
-        f"  curl -s{key} -X POST '{base}/api/score/topics?wait=10' -H 'Content-Type: application/json' \\\n"
-        f'       -d \'{{"input": {{"text": "The striker scored twice in the final."}}}}\'\n'
-        f"Press Ctrl+C to stop.",
-        flush=True,
-    )
+    files = ", ".join(map(str, catalog.sources))
+    lines = [
+        f"nearline serving on {base}  (queue {url}, workers {workers})",
+        f"  pipelines: {', '.join(catalog.names())}   [{files}]",
+        f"  docs:      {base}/docs   OpenAPI: {base}/api/openapi.json   metrics: {base}/metrics",
+    ]
+    # The first pipeline whose sample makes a short command line (else the shortest).
+    tried = [
+        (p.name, json.dumps({"input": sample})) for p in catalog if (sample := sample_input(p)) is not None
+    ]
+    if tried:
+        name, body = next((t for t in tried if len(t[1]) <= 200), min(tried, key=lambda t: len(t[1])))
+        json_type = "-H 'Content-Type: application/json'"
+        lines += [
+            "Try it:",
+            f"  curl -s{key} -X POST '{base}/api/score/{name}?wait=10' {json_type} \\",
+            f"       -d {shlex.quote(body)}",
+        ]
+    print("\n".join([*lines, "Press Ctrl+C to stop."]), flush=True)

@@ -15,17 +15,27 @@ implementation moves its blocking calls off the event loop itself.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from nearline import idempotency
+from nearline.callbacks import SUBMIT_RESOLVE_S, CallbackGuard, CallbackRefused, configured_allow_list
 from nearline.constants import MAX_BODY_BYTES
-from nearline.jobs import JobRecord
+from nearline.jobs import JobRecord, job_urls
 from nearline.submissions import new_job, parse_submission
 
 if TYPE_CHECKING:
     from nearline.pipelines.spec import Catalog
+
+
+def _linked(job: JobRecord, base_url: str | None) -> JobRecord:
+    """``job`` with its status URL when it has a callback (never the caller's ``?code=``)."""
+    if job.callback_url is None or base_url is None:
+        return job
+    return replace(job, status_url=job_urls(base_url, job.id)["statusQueryGetUri"])
 
 
 class Jobs(abc.ABC):
@@ -33,10 +43,21 @@ class Jobs(abc.ABC):
 
     Args:
         max_body: Largest accepted request body in bytes (413 above).
+        callbacks: Where a ``callback_url`` may point; default: ``NEARLINE_CALLBACK_ALLOW`` (read
+            on first use, inside a request's error handling, so a bad value is that request's
+            ``500 ConfigError``) and the system resolver.
     """
 
-    def __init__(self, *, max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, *, max_body: int = MAX_BODY_BYTES, callbacks: CallbackGuard | None = None) -> None:
         self.max_body = max_body
+        self._callbacks = callbacks
+
+    @property
+    def callbacks(self) -> CallbackGuard:
+        """Where a ``callback_url`` may point."""
+        if self._callbacks is None:
+            self._callbacks = CallbackGuard(configured_allow_list())
+        return self._callbacks
 
     @property
     @abc.abstractmethod
@@ -44,7 +65,13 @@ class Jobs(abc.ABC):
         """The pipelines a client may call (input schemas; no models loaded)."""
 
     async def submit(
-        self, pipeline: str, body: bytes, idempotency_key: str | None = None, *, scope: str = ""
+        self,
+        pipeline: str,
+        body: bytes,
+        idempotency_key: str | None = None,
+        *,
+        scope: str = "",
+        base_url: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """Validate a submit request, then record and start its job. Returns ``(job, created)``.
 
@@ -58,6 +85,8 @@ class Jobs(abc.ABC):
             idempotency_key: The ``Idempotency-Key`` header, if any.
             scope: The caller's scope (:func:`nearline.idempotency.caller_scope`): keys of two
                 scopes never meet.
+            base_url: The API's base URL as the caller sees it: a job with a callback keeps its
+                status URL, which a large event links to.
 
         Raises:
             RequestError: (4xx) the request can never succeed; the message names the problem.
@@ -65,18 +94,36 @@ class Jobs(abc.ABC):
                 Conflict (409), the first request is still being created.
             Unavailable: (503) the queue is full or unreachable; retry later.
         """
-        sub = parse_submission(self.catalog, pipeline, body, max_body=self.max_body)
+        sub = parse_submission(
+            self.catalog,
+            pipeline,
+            body,
+            max_body=self.max_body,
+            allow=None if self._callbacks is None else self._callbacks.allow,  # None: read when needed
+        )
+        if sub.callback_url is not None:
+            await self._check_callback_names(sub.callback_url)
         key = idempotency.check_key(idempotency_key)
         if key is None:
-            return await self.create(new_job(sub, uuid.uuid4().hex))
+            return await self.create(_linked(new_job(sub, uuid.uuid4().hex), base_url))
         slot = idempotency.slot(scope, pipeline, key)
         job = replace(
-            new_job(sub, self.keyed_id(slot), key),
+            _linked(new_job(sub, self.keyed_id(slot), key), base_url),
             idempotency_slot=slot,
             fingerprint=idempotency.fingerprint(sub),
         )
         found, created = await self.create(job)
         return (found, True) if created else (idempotency.reused(found, job), False)
+
+    async def _check_callback_names(self, url: str) -> None:
+        """Refuse a ``callback_url`` whose name resolves to a refused address (400
+        ``CallbackRefused``); a lookup that takes longer than :data:`SUBMIT_RESOLVE_S` is left
+        to the delivery, which checks every attempt again."""
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(self.callbacks.check_names, url), SUBMIT_RESOLVE_S)
+        except CallbackRefused as exc:
+            raise CallbackRefused(f"request body: 'callback_url' {exc.message}") from None
 
     def keyed_id(self, slot: str) -> str:
         """The id of a new keyed job: random, for implementations that keep the slot → job map

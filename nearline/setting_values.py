@@ -25,6 +25,11 @@ def path(raw: str) -> Path:
     return Path(raw)
 
 
+def paths(raw: str) -> tuple[Path, ...]:
+    """Files or folders, comma-separated; blanks around and between items are dropped."""
+    return tuple(Path(p) for p in keys(raw))
+
+
 def keys(raw: str) -> tuple[str, ...]:
     """A comma-separated list; blanks around and between items are dropped."""
     return tuple(k.strip() for k in raw.split(",") if k.strip())

@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 from nearline import constants as c
 from nearline.addresses import AllowList
 from nearline.errors import ConfigError
-from nearline.examples import PIPELINES_FILE
-from nearline.setting_values import OneOf, Parse, keys, number, path, switch, text, whole
+from nearline.setting_values import OneOf, Parse, keys, number, path, paths, switch, text, whole
+from nearline.webhooks import WebhookSecret, parse_secrets
 
 # --- the table ----------------------------------------------------------------------------
 
@@ -47,6 +47,7 @@ class Var:
         default: The value when it is unset or empty.
         help: What it sets, in a few words.
         programs: The programs that read it (``serve`` includes the workers it starts).
+        secret: Its value is never shown (an error names the variable, not the value).
     """
 
     name: str
@@ -54,6 +55,7 @@ class Var:
     default: Any
     help: str
     programs: tuple[str, ...]
+    secret: bool = False
 
     def read(self, environ: Mapping[str, str]) -> Any:
         """Its value in ``environ``; unset or empty (a ConfigMap's blank entry) is the default."""
@@ -63,7 +65,8 @@ class Var:
         try:
             return self.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{self.name}={raw!r}: {exc}") from None
+            shown = "(its value)" if self.secret else repr(raw)
+            raise ConfigError(f"{self.name}={shown}: {exc}") from None
 
 
 # One row a variable: name, type and limits, default, help, the programs that read it.
@@ -75,36 +78,59 @@ _SECONDS = number(0, inclusive=False)
 BROKER = Var("NEARLINE_BROKER", text, None, _URLS, _SWF)
 DATA_DIR = Var("NEARLINE_DATA_DIR", path, Path(c.DATA_DIR), "data directory (the SQLite queue)", _S)
 MODELS = Var("NEARLINE_MODELS", path, Path(c.MODELS_DIR), "model repository", (SERVE, WORKER, TRITON))
-PIPELINES = Var("NEARLINE_PIPELINES", path, PIPELINES_FILE, "pipelines file", _SWF)
+_PIPELINES_HELP = "pipelines files or folders, comma-separated (default: ./pipelines.yaml, else the examples)"
+PIPELINES = Var("NEARLINE_PIPELINES", paths, (), _PIPELINES_HELP, _SWF)
 API_KEYS = Var("NEARLINE_API_KEYS", keys, (), "API keys, comma-separated (none: no auth)", _S)
-MAX_QUEUE_DEPTH = Var("NEARLINE_MAX_QUEUE_DEPTH", whole(1), c.MAX_QUEUE_DEPTH, "request queue limit", _S)
+MAX_QUEUE_DEPTH = Var("NEARLINE_MAX_QUEUE_DEPTH", whole(1), c.MAX_QUEUE_DEPTH, "request queue limit", _SF)
 RETENTION_S = Var("NEARLINE_RETENTION_S", _SECONDS, c.RETENTION_S, "terminal job retention (s)", _SW)
 HEADER_TIMEOUT_S = Var("NEARLINE_HEADER_TIMEOUT_S", _SECONDS, c.HEADER_TIMEOUT_S, "request head within s", _S)
 BODY_TIMEOUT_S = Var("NEARLINE_BODY_TIMEOUT_S", _SECONDS, c.BODY_TIMEOUT_S, "request body within s", _S)
 MAX_CONNECTIONS = Var("NEARLINE_MAX_CONNECTIONS", whole(1), c.MAX_CONNECTIONS, "HTTP connections", _S)
 MAX_BATCH = Var("NEARLINE_MAX_BATCH", whole(1), c.MAX_BATCH, "largest micro-batch", _SW)
-MAX_WAIT_MS = Var("NEARLINE_MAX_WAIT_MS", number(0), c.MAX_WAIT_MS, "batch-fill wait (ms)", _SW)
+MAX_WAIT_MS = Var(
+    "NEARLINE_MAX_WAIT_MS", number(0), c.MAX_WAIT_MS, "a free worker's wait for a fuller batch (ms)", _SW
+)
 LEASE_S = Var("NEARLINE_LEASE_S", _SECONDS, c.LEASE_S, "lease (lock) duration (s)", _SW)
 MAX_DELIVERIES = Var(
     "NEARLINE_MAX_DELIVERIES", whole(1), c.MAX_DELIVERIES, "deliveries, then dead-letter", _SW
 )
 WORKER_PORT = Var("NEARLINE_WORKER_PORT", whole(-1, 65535), c.WORKER_PORT, _PORT_HELP, (WORKER,))
 WORKER_HOST = Var("NEARLINE_WORKER_HOST", text, c.WORKER_HOST, "health/metrics address", (WORKER,))
-MODEL_BACKEND = Var("NEARLINE_MODEL_BACKEND", OneOf("torch", "triton"), None, "for every model step", _SW)
+MODEL_BACKEND = Var(
+    "NEARLINE_MODEL_BACKEND", OneOf("torch", "onnx", "triton"), None, "for every model step", _SW
+)
+ONNX_THREADS = Var("NEARLINE_ONNX_THREADS", whole(0), 0, "ONNX Runtime intra-op threads (0: its own)", _SW)
+ONNX_PROVIDERS = Var("NEARLINE_ONNX_PROVIDERS", keys, (), "ONNX Runtime execution providers", _SW)
 TRITON_URL = Var("NEARLINE_TRITON_URL", text, None, _TRITON_HELP, _SW)
 CLAIM_CHECK_BYTES = Var(
-    "NEARLINE_CLAIM_CHECK_BYTES", whole(0), c.CLAIM_CHECK_BYTES, "claim check (0: off)", _SW
+    "NEARLINE_CLAIM_CHECK_BYTES", whole(0), c.CLAIM_CHECK_BYTES, "claim check (0: off)", _SWF
 )
+_BLOBS_HELP = "Azure: large bodies, tombstones: https://ACCOUNT.blob.core.windows.net or a connection string"
+BLOB_STORE = Var("NEARLINE_BLOB_STORE", text, None, _BLOBS_HELP, (WORKER, FUNCTIONS), secret=True)
 URL = Var("NEARLINE_URL", text, f"http://{c.HTTP_HOST}:{c.HTTP_PORT}", "API base URL", (CLIENT,))
 KEY = Var("NEARLINE_KEY", text, None, "API key (x-functions-key)", (CLIENT,))
 SECRET = Var("NEARLINE_SECRET", text, None, "Azure: keyed job ids' HMAC secret (>= 32 chars)", (FUNCTIONS,))
 CALLBACK_ALLOW = Var("NEARLINE_CALLBACK_ALLOW", AllowList.parse, AllowList(), "callback_url allow-list", _SF)
+WEBHOOK_SECRET = Var(
+    "NEARLINE_WEBHOOK_SECRET", parse_secrets, (), "callback signing whsec_ secret(s)", _SF, secret=True
+)
+WEBHOOK_RETRY_S = Var(
+    "NEARLINE_WEBHOOK_RETRY_S", _SECONDS, c.WEBHOOK_RETRY_S, "first callback retry (s)", _SF
+)
+WEBHOOK_MAX_AGE_S = Var(
+    "NEARLINE_WEBHOOK_MAX_AGE_S", _SECONDS, c.WEBHOOK_MAX_AGE_S, "callback retries for (s)", _SF
+)
+WEBHOOK_MAX_ATTEMPTS = Var(
+    "NEARLINE_WEBHOOK_MAX_ATTEMPTS", whole(1), c.WEBHOOK_MAX_ATTEMPTS, "callback attempts", _SF
+)
 
 #: Every environment variable nearline reads.
 VARIABLES: tuple[Var, ...] = (
     BROKER, DATA_DIR, MODELS, PIPELINES, API_KEYS, CALLBACK_ALLOW, MAX_QUEUE_DEPTH, RETENTION_S,
     MAX_BATCH, MAX_WAIT_MS, LEASE_S, MAX_DELIVERIES, WORKER_PORT, WORKER_HOST, MODEL_BACKEND, TRITON_URL,
-    CLAIM_CHECK_BYTES, URL, KEY, SECRET, HEADER_TIMEOUT_S, BODY_TIMEOUT_S, MAX_CONNECTIONS
+    CLAIM_CHECK_BYTES, URL, KEY, SECRET, HEADER_TIMEOUT_S, BODY_TIMEOUT_S, MAX_CONNECTIONS, BLOB_STORE,
+    ONNX_THREADS, ONNX_PROVIDERS,
+    WEBHOOK_SECRET, WEBHOOK_RETRY_S, WEBHOOK_MAX_AGE_S, WEBHOOK_MAX_ATTEMPTS,
 )  # fmt: skip
 
 
@@ -124,6 +150,7 @@ class Option:
     flag: str | None = None
     repeat: bool = False
     metavar: str | None = None
+    many: bool = False
 
 
 def option_of(f: Field[Any]) -> Option | None:
@@ -131,9 +158,11 @@ def option_of(f: Field[Any]) -> Option | None:
     return f.metadata.get(_OPTION)
 
 
-def env(var: Var, flag: str | None = None) -> Any:
-    """A field read from ``var`` (and given by ``flag``, when there is one)."""
-    return field(default=var.default, metadata={_OPTION: Option(var.parse, var.help, var, flag)})
+def env(var: Var, flag: str | None = None, *, many: bool = False) -> Any:
+    """A field read from ``var`` (and given by ``flag``, when there is one; ``many``: the flag
+    takes one or more values, each parsed as the variable is, and joined)."""
+    option = Option(var.parse, var.help, var, flag, many=many)
+    return field(default=var.default, metadata={_OPTION: option})
 
 
 def flag(
@@ -203,6 +232,8 @@ def add_flags(
                 kwargs["metavar"] = option.metavar or f.name.upper()
             if option.repeat:
                 kwargs["action"] = "append"
+            if option.many:
+                kwargs["nargs"] = "+"
         parser.add_argument(option.flag, **kwargs)
 
 
@@ -215,7 +246,9 @@ def with_flags(current: S, args: argparse.Namespace, *, prefix: str = "") -> S:
             changes[f.name] = with_flags(getattr(current, f.name), args, prefix=f"{prefix}{f.name}.")
         elif prefix + f.name in given:
             value = given[prefix + f.name]
-            changes[f.name] = tuple(value) if isinstance(value, list) else value
+            if isinstance(value, list):  # repeated or many: a many flag's values are tuples, joined
+                value = tuple(v for item in value for v in (item if isinstance(item, tuple) else (item,)))
+            changes[f.name] = value
     return replace(current, **changes)  # type: ignore[type-var]
 
 
@@ -250,7 +283,7 @@ class WorkerSettings(Settings):
 
     broker: str | None = env(BROKER, "--broker")
     models: Path = env(MODELS, "--models")
-    pipelines: Path = env(PIPELINES, "--pipelines")
+    pipelines: tuple[Path, ...] = env(PIPELINES, "--pipelines", many=True)
     max_batch: int = env(MAX_BATCH, "--max-batch")
     max_wait_ms: float = env(MAX_WAIT_MS, "--max-wait-ms")
     lease_s: float = env(LEASE_S, "--lease-s")
@@ -259,8 +292,22 @@ class WorkerSettings(Settings):
     host: str = env(WORKER_HOST, "--host")
     model_backend: str | None = env(MODEL_BACKEND, "--model-backend")
     triton_url: str | None = env(TRITON_URL, "--triton-url")
+    onnx_threads: int = env(ONNX_THREADS)
+    onnx_providers: tuple[str, ...] = env(ONNX_PROVIDERS)
+    blob_store: str | None = field(default=None, repr=False, metadata=env(BLOB_STORE).metadata)
     name: str | None = flag("--name", None, text, "worker name in result messages")
     torch_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class WebhookSettings(Settings):
+    """How callbacks are signed and retried (docs/webhooks.md): ``nearline serve``'s dispatcher
+    and the Azure delivery activity read the same variables."""
+
+    secrets: tuple[WebhookSecret, ...] = env(WEBHOOK_SECRET)
+    retry_s: float = env(WEBHOOK_RETRY_S)
+    max_age_s: float = env(WEBHOOK_MAX_AGE_S)
+    max_attempts: int = env(WEBHOOK_MAX_ATTEMPTS)
 
 
 @dataclass(frozen=True)
@@ -287,9 +334,11 @@ class ServeSettings(Settings):
     workers: int = flag("--workers", c.SERVE_WORKERS, whole(0), "worker processes (threads for memory://)")
     no_workers: bool = flag("--no-workers", False, switch, "API and lifecycle only (workers run elsewhere)")
     insecure: bool = flag("--insecure", False, switch, "allow a non-loopback address without API keys")
+    reload: bool = flag("--reload", False, switch, "restart the workers when pipelines, steps, models change")
     retention_s: float = env(RETENTION_S, "--retention-s")
     api: ApiSettings = nested(ApiSettings)
     worker: WorkerSettings = nested(WorkerSettings)
+    webhooks: WebhookSettings = nested(WebhookSettings)
 
     @property
     def broker_url(self) -> str:
@@ -316,8 +365,20 @@ class FunctionsSettings(Settings):
     """The Azure Functions app (``function_app.py``): its broker, pipelines and id secret."""
 
     broker: str | None = env(BROKER)
-    pipelines: Path = env(PIPELINES)
+    pipelines: tuple[Path, ...] = env(PIPELINES)
     secret: str | None = field(default=SECRET.default, repr=False, metadata=env(SECRET).metadata)
+    blob_store: str | None = field(default=None, repr=False, metadata=env(BLOB_STORE).metadata)
+    max_queue_depth: int = env(MAX_QUEUE_DEPTH)
+    webhooks: WebhookSettings = nested(WebhookSettings)
+
+
+@dataclass(frozen=True)
+class ServiceBusSettings(Settings):
+    """What the Service Bus broker reads beside its URL: its claim check (a connection string
+    may carry an account key, so the store is kept out of ``repr``)."""
+
+    claim_check_bytes: int = env(CLAIM_CHECK_BYTES)
+    blob_store: str | None = field(default=None, repr=False, metadata=env(BLOB_STORE).metadata)
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,32 @@ URL form (SQLAlchemy's convention: everything after ``sqlite:///`` is a filesyst
 
     sqlite:///relative/nearline.db        relative to the working directory
     sqlite:////abs/path/nearline.db       absolute (what f"sqlite:///{path}" gives for /abs/...)
-    sqlite:///nearline.db?busy_timeout_ms=10000&synchronous=full&poll_ms=5
+    sqlite:///nearline.db?busy_timeout_ms=10000&synchronous=full&poll_ms=5&wakeups=off
 
 The parent directory is created. Options: ``busy_timeout_ms`` (how long a writer waits for
-another process's write lock, default 5000), ``synchronous`` (``normal`` or ``full``, see
-below) and ``poll_ms`` (the broker's longest pause between polls, default 10).
+another process's write lock, default 5000), ``synchronous`` (``normal`` or ``full``, below),
+``wakeups`` (``on``, the default: a send wakes the receivers of every process on this machine at
+once, :mod:`nearline.wakeups`; ``off``: receivers of other processes find it by polling) and
+``poll_ms`` (the longest pause between a waiting receiver's looks at its queue: default 1000
+with wake-ups, which polling only backs up, 10 without).
 
-Durability: the journal is in WAL mode with ``synchronous=NORMAL``: a committed send or settle
-survives the crash of any process (the WAL is in the OS page cache), but the last transactions
-before a power loss or kernel crash may be rolled back (never corrupted). ``synchronous=full``
-fsyncs every commit and survives power loss at a large cost in throughput.
+Durability: the journal is in WAL mode, and a transaction is committed once it is in the WAL
+file. What survives, per ``synchronous`` (SQLite's own guarantees for WAL mode):
+
+* ``normal`` (the default): no fsync at commit; the WAL is synced before each checkpoint
+  (SQLite checkpoints when the WAL passes 1000 pages, ~4 MB, and when the last connection
+  closes). Every committed send, settle and job change survives the crash or ``kill -9`` of any
+  process, the server's included (the WAL is in the OS page cache). A power loss or kernel crash
+  may roll back the transactions committed since the last checkpoint (in practice those not yet
+  written back by the kernel, which it does within ~30 s by default); the file stays consistent,
+  never corrupted.
+* ``full``: the WAL is fsynced at every durable commit: a job accepted (``202``), a computed
+  result and a job's end survive a power loss too. Leases, settles and status marks are
+  committed without an fsync of their own (``durable=False``, :meth:`Database._sync` says why
+  that loses nothing a client was told): about four fsyncs per job at light load
+  (docs/benchmarks.md, Durability of the SQLite file).
+* ``off`` is refused: it skips the checkpoint's syncs too, and a power loss may then corrupt the
+  file (not merely roll it back).
 """
 
 from __future__ import annotations
@@ -96,18 +112,50 @@ MIGRATIONS: list[list[str]] = [
         """CREATE UNIQUE INDEX IF NOT EXISTS jobs_slot ON jobs (idempotency_slot)
             WHERE idempotency_slot IS NOT NULL""",
     ],
+    [
+        # The callback outbox (nearline/deliveries.py): one row per ended job with a
+        # callback_url, written by the trigger in the transaction that ends the job, gone with
+        # the job's row. ``due`` is the next attempt's time, or the lease's end while a
+        # dispatcher holds the row (``token``).
+        """CREATE TABLE IF NOT EXISTS deliveries (
+            job_id TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            created REAL NOT NULL,
+            due REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            token TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (due)",
+        "ALTER TABLE jobs ADD COLUMN status_url TEXT",
+        """CREATE TRIGGER IF NOT EXISTS jobs_outbox AFTER UPDATE OF status ON jobs
+            WHEN NEW.callback_url IS NOT NULL
+                AND NEW.status IN ('Completed', 'Failed', 'Terminated')
+                AND OLD.status NOT IN ('Completed', 'Failed', 'Terminated')
+            BEGIN
+                INSERT OR IGNORE INTO deliveries (job_id, url, created, due)
+                    VALUES (NEW.id, NEW.callback_url, NEW.updated, NEW.updated);
+            END""",
+        """CREATE TRIGGER IF NOT EXISTS jobs_outbox_gone AFTER DELETE ON jobs
+            BEGIN
+                DELETE FROM deliveries WHERE job_id = OLD.id;
+            END""",
+    ],
 ]
 
-_OPTIONS = {"busy_timeout_ms", "synchronous", "poll_ms"}
+_OPTIONS = {"busy_timeout_ms", "synchronous", "poll_ms", "wakeups"}
 
 #: How long a write waits for another process's write lock before failing with BrokerError.
 #: Write transactions here last tens of microseconds; seconds of waiting mean a stuck process.
 BUSY_TIMEOUT_MS = 5000
-#: Longest pause between a waiting receiver's polls. Workers of the embedded profile are
-#: processes, so each hop (API → worker, worker → lifecycle) waits half of this on average
-#: when idle. Measured here: 10 ms costs an idle receiver ~1% of a core (50 ms: ~0.5%) and
-#: gives ~6 ms p50 / ~10 ms p90 send→receive across processes (50 ms: ~26 / ~48 ms).
+#: Longest pause between a waiting receiver's polls when wake-ups do not reach it. Each hop
+#: (API → worker, worker → lifecycle) then waits half of this on average when idle. Measured
+#: here: 10 ms costs an idle receiver ~1% of a core and gives ~6 ms p50 / ~10 ms p90
+#: send→receive across processes.
 POLL_MS = 10.0
+#: With wake-ups a send wakes its receivers at once; they look at the queue this often anyway
+#: (a sender that cannot ring them: another network namespace, ``wakeups=off``). A lease's end
+#: needs no poll: a receiver waits until the earliest one.
+WAKEUP_POLL_MS = 1000.0
 
 
 @dataclass(frozen=True)
@@ -117,7 +165,8 @@ class SqliteUrl:
     path: Path
     busy_timeout_ms: int = BUSY_TIMEOUT_MS
     synchronous: str = "NORMAL"
-    poll_ms: float = POLL_MS
+    poll_ms: float = WAKEUP_POLL_MS
+    wakeups: bool = True
 
 
 def parse_url(url: str) -> SqliteUrl:
@@ -140,14 +189,17 @@ def parse_url(url: str) -> SqliteUrl:
     synchronous = options.get("synchronous", "normal").upper()
     if synchronous not in ("NORMAL", "FULL"):
         raise ConfigError(f"SQLite URL {url!r}: synchronous must be normal or full")
+    wakeups = options.get("wakeups", "on").lower()
+    if wakeups not in ("on", "off"):
+        raise ConfigError(f"SQLite URL {url!r}: wakeups must be on or off")
     try:
         busy = int(options.get("busy_timeout_ms", BUSY_TIMEOUT_MS))
-        poll = float(options.get("poll_ms", POLL_MS))
+        poll = float(options.get("poll_ms", WAKEUP_POLL_MS if wakeups == "on" else POLL_MS))
     except ValueError as exc:
         raise ConfigError(f"SQLite URL {url!r}: {exc}") from None
     # "//abs" (four slashes) is the absolute form; collapse the POSIX double-slash root.
     path = Path("/" + raw_path.lstrip("/")) if raw_path.startswith("/") else Path(raw_path)
-    return SqliteUrl(path, busy, synchronous, poll)
+    return SqliteUrl(path, busy, synchronous, poll, wakeups == "on")
 
 
 # One lock per database file in this process. Every write takes it, so this process's threads
@@ -239,10 +291,13 @@ class Database:
             raise
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: commits when the block ends, rolls back when it raises."""
-        with self.write_lock, _reported():
-            conn = self.conn()
+    def write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction: commits when the block ends, rolls back when it raises.
+
+        ``durable=False`` for what a power loss may roll back without harm (see
+        :meth:`_sync`): under ``synchronous=full`` its commit is not fsynced.
+        """
+        with self.write_lock, _reported(), self._sync(durable) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -252,16 +307,39 @@ class Database:
                     conn.execute("ROLLBACK")
                 raise
 
-    def execute_write(self, sql: str, params: Sequence[object] = ()) -> tuple[int, list[Any]]:
+    def execute_write(
+        self, sql: str, params: Sequence[object] = (), durable: bool = True
+    ) -> tuple[int, list[Any]]:
         """Run one writing statement in its own transaction: ``(rowcount, rows it returned)``.
 
         The rows are fetched under the lock: a ``RETURNING`` statement holds its transaction
-        open until its last row is read.
+        open until its last row is read. ``durable`` as for :meth:`write`.
         """
-        with self.write_lock, _reported():
-            cursor = self.conn().execute(sql, params)
+        with self.write_lock, _reported(), self._sync(durable) as conn:
+            cursor = conn.execute(sql, params)
             rows = cursor.fetchall()
             return cursor.rowcount, rows
+
+    @contextmanager
+    def _sync(self, durable: bool) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, at ``synchronous=NORMAL`` for a commit that need not be
+        durable when the file is at ``full``.
+
+        Leases, settles and status marks need no fsync of their own: the WAL is replayed as a
+        prefix of its commits, and the next durable commit's fsync covers every frame before it,
+        so a power loss can only roll back a suffix of them, which the at-least-once protocol
+        redoes (a lost lease or settle: the message is delivered again; a lost ``Running``:
+        the job reads ``Pending`` until it ends).
+        """
+        conn = self.conn()
+        relax = not durable and self.config.synchronous == "FULL"
+        if relax:
+            conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            yield conn
+        finally:
+            if relax:
+                conn.execute("PRAGMA synchronous = FULL")
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         """Run one read on this thread's connection; every row."""

@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from nearline.brokers.base import Broker
+from nearline.callbacks import CallbackGuard
 from nearline.constants import MAX_BODY_BYTES, MAX_QUEUE_DEPTH, REQUEST_QUEUE, RETRY_AFTER_S
 from nearline.errors import BrokerError, Conflict, JobGone, JobNotFound, Overloaded
 from nearline.jobs import JobRecord, JobStatus
@@ -39,6 +40,7 @@ class StoreJobs(Jobs):
         store: Where job records live.
         max_queue_depth: Submissions are refused with 503 while the request queue holds more.
         max_body: Largest accepted request body in bytes.
+        callbacks: Where a ``callback_url`` may point (see :class:`~nearline.service.Jobs`).
     """
 
     def __init__(
@@ -49,8 +51,9 @@ class StoreJobs(Jobs):
         *,
         max_queue_depth: int = MAX_QUEUE_DEPTH,
         max_body: int = MAX_BODY_BYTES,
+        callbacks: CallbackGuard | None = None,
     ) -> None:
-        super().__init__(max_body=max_body)
+        super().__init__(max_body=max_body, callbacks=callbacks)
         self._catalog = catalog
         self.broker = broker
         self.store = store
@@ -59,6 +62,11 @@ class StoreJobs(Jobs):
     @property
     def catalog(self) -> Catalog:
         return self._catalog
+
+    def use_catalog(self, catalog: Catalog) -> None:
+        """Answer with ``catalog`` from now on (``nearline serve --reload``, once its workers
+        serve it)."""
+        self._catalog = catalog
 
     async def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
         return await asyncio.to_thread(self.create_now, job)

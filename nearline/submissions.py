@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nearline import strict_json
+from nearline.addresses import AllowList
 from nearline.callbacks import CallbackRefused, check_callback_url, configured_allow_list
 from nearline.constants import (
     DEFAULT_LANE,
@@ -45,7 +46,12 @@ class Submission:
 
 
 def parse_submission(
-    catalog: Catalog, pipeline: str, body: bytes, *, max_body: int = MAX_BODY_BYTES
+    catalog: Catalog,
+    pipeline: str,
+    body: bytes,
+    *,
+    max_body: int = MAX_BODY_BYTES,
+    allow: AllowList | None = None,
 ) -> Submission:
     """Check a submit body against the contract and the pipeline's input schema.
 
@@ -56,6 +62,9 @@ def parse_submission(
             finite numbers, no lone surrogates, no repeated keys, nested at most
             ``MAX_JSON_DEPTH``), unknown fields, a bad option, or an input that fails the
             pipeline's schema; the message names the field.
+        CallbackRefused: (400) a ``callback_url`` that can never be sent to (a host name is
+            looked up by ``Jobs.submit``); ``allow`` is the allow-list (default:
+            ``NEARLINE_CALLBACK_ALLOW``).
     """
     spec = catalog.get(pipeline)
     if len(body) > max_body:
@@ -77,7 +86,7 @@ def parse_submission(
         input=doc["input"],
         timeout_s=_timeout(doc.get("timeout_s")),
         priority=_priority(doc.get("priority")),
-        callback_url=_callback(doc.get("callback_url")),
+        callback_url=_callback(doc.get("callback_url"), configured_allow_list() if allow is None else allow),
     )
 
 
@@ -142,14 +151,14 @@ def _priority(value: Any) -> str:
     return str(value)
 
 
-def _callback(value: Any) -> str | None:
-    """A ``callback_url`` that the callback guard could ever send to (names resolve later)."""
+def _callback(value: Any, allow: AllowList) -> str | None:
+    """A ``callback_url`` that the callback guard could ever send to (names are looked up later)."""
     if value is None:
         return None
     if not isinstance(value, str):
-        raise RequestError("request body: 'callback_url' must be an absolute http(s) URL")
+        raise CallbackRefused("request body: 'callback_url' must be an absolute https URL")
     try:
-        check_callback_url(value, configured_allow_list())
+        check_callback_url(value, allow)
     except CallbackRefused as exc:
-        raise RequestError(f"request body: 'callback_url' {exc.message}") from None
+        raise CallbackRefused(f"request body: 'callback_url' {exc.message}") from None
     return value

@@ -55,6 +55,7 @@ class WorkerPool:
         self._errors: list[BaseException | None] = []  # each process's reported error, if any
         self._lock = threading.Lock()  # the supervisor's state, which health() reads
         self._stop = threading.Event()
+        self._restarting = False  # restart() is replacing the workers
         self._threads: list[threading.Thread] = []
         self._context = multiprocessing.get_context("spawn")
 
@@ -123,6 +124,40 @@ class WorkerPool:
         for reader in self._reports:
             reader.close()
 
+    def restart(self) -> BaseException | None:
+        """Stop every worker process and start it again (``nearline serve --reload``): each
+        finishes its batch, and the new ones load the pipelines, steps and models afresh.
+
+        Returns:
+            None once every worker is ready again; else the first start error (the supervisor
+            goes on starting that worker with its backoff, and :meth:`health` says why).
+        """
+        with self._lock:  # the supervisor leaves the workers alone meanwhile; health() still answers
+            self._restarting = True
+        try:
+            running = [p for p in self.procs if _alive(p)]
+            for proc in running:
+                proc.terminate()
+            deadline = time.monotonic() + self.cfg.worker.lease_s
+            for proc in running:
+                proc.join(timeout=max(0.0, deadline - time.monotonic()))
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+            first: BaseException | None = None
+            for i in range(len(self.procs)):
+                self._reports[i].close()
+                self._spawn(i)
+            for i in range(len(self.procs)):
+                try:
+                    self._wait_ready(i)
+                except (NearlineError, OSError) as exc:
+                    first = first or exc
+            return first
+        finally:
+            with self._lock:
+                self._restarting = False
+
     # -- processes ------------------------------------------------------------------------
 
     def _spawn(self, index: int) -> None:
@@ -174,7 +209,7 @@ class WorkerPool:
         while not self._stop.wait(SUPERVISE_INTERVAL_S):
             for i in range(len(self.procs)):
                 with self._lock:
-                    if not self._stop.is_set():
+                    if not self._stop.is_set() and not self._restarting:
                         self._check(i)
 
     def _check(self, index: int) -> None:

@@ -23,6 +23,10 @@ from nearline.jobs import JobRecord, JobStatus, error_output, status_document
 #: so these must equal the Python function names in ``orchestrations/scoring.py``.
 SCORING_ORCHESTRATOR = "score_job"
 ENQUEUE_ACTIVITY = "enqueue"
+#: The key of the scoring orchestrator's input that holds a job's outcome while its callback is
+#: delivered (``orchestrations/delivery.py``), and the outcomes it may hold.
+OUTCOME = "outcome"
+_ENDS = ("Completed", "Failed")
 #: The external event the response-queue function raises on a job's instance.
 RESULT_EVENT = "ScoreCompleted"
 #: App setting (or setting prefix, for identity: ``ServiceBusConnection__fullyQualifiedNamespace``)
@@ -110,8 +114,9 @@ def job_status(runtime_status: Any) -> JobStatus:
 
 
 def is_terminal(status: Any) -> bool:
-    """True when a Durable status object describes an instance that has ended."""
-    return bool(status) and job_status(status.runtime_status).terminal
+    """True when a Durable status object describes a job that has ended: its instance has, or
+    (fetched with its input) the instance is delivering the ended job's callback."""
+    return bool(status) and (job_status(status.runtime_status).terminal or _outcome(status) is not None)
 
 
 def orchestrator_input(job: JobRecord) -> dict[str, Any]:
@@ -128,6 +133,7 @@ def orchestrator_input(job: JobRecord) -> dict[str, Any]:
             "deadline": job.deadline,
             "priority": job.priority,
             "fingerprint": job.fingerprint,
+            **({"callback_url": job.callback_url, "status_url": job.status_url} if job.callback_url else {}),
         }
     }
 
@@ -146,6 +152,11 @@ def job_record(status: Any) -> JobRecord:
     output = status.output
     if state is JobStatus.FAILED:
         output = error_output(*parse_failure(output))
+    created = _epoch(status.created_time)
+    updated = _epoch(status.last_updated_time or status.created_time)
+    outcome = _outcome(status)
+    if outcome is not None:  # the job has ended; its callback is delivered (or was: the same)
+        state, output, created, updated = _ended(outcome, state, output, created, updated)
     return JobRecord(
         id=str(status.instance_id),
         pipeline=str(job.get("pipeline", "")),
@@ -153,15 +164,53 @@ def job_record(status: Any) -> JobRecord:
         status=state,
         output=output,
         custom_status=status.custom_status,
-        created=_epoch(status.created_time),
-        updated=_epoch(status.last_updated_time or status.created_time),
+        created=created,
+        updated=updated,
+        callback_url=job.get("callback_url") if isinstance(job.get("callback_url"), str) else None,
         fingerprint=job.get("fingerprint") if isinstance(job.get("fingerprint"), str) else None,
+        deadline=_deadline(job.get("deadline")),
     )
 
 
 def job_document(status: Any) -> dict[str, Any]:
     """The status document (docs/api.md) of a Durable status: rendered by the one renderer."""
     return status_document(job_record(status))
+
+
+def _deadline(value: Any) -> float | None:
+    """The job's deadline as the request message carries it (what a tombstone is matched by)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _outcome(status: Any) -> dict[str, Any] | None:
+    """The outcome the scoring orchestration continued with to deliver the job's callback
+    (:mod:`orchestrations.delivery`), when the status was fetched with its input."""
+    raw = getattr(status, "input_", None)
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    outcome = raw.get(OUTCOME) if isinstance(raw, dict) else None
+    return outcome if isinstance(outcome, dict) and outcome.get("runtimeStatus") in _ENDS else None
+
+
+def _ended(
+    outcome: dict[str, Any], state: JobStatus, output: Any, created: float, updated: float
+) -> tuple[JobStatus, Any, float, float]:
+    """``(status, output, created, updated)`` of a job whose outcome the orchestration carries."""
+    if not state.terminal:  # while delivering, the outcome is the job's; after, Durable's agrees
+        state = JobStatus(outcome["runtimeStatus"])
+        output = outcome.get("output")
+        if state is JobStatus.FAILED:
+            error = outcome.get("error")
+            error = error if isinstance(error, dict) else {}
+            output = error_output(str(error.get("code")), str(error.get("message", "")))
+    return state, output, _number(outcome.get("created"), created), _number(outcome.get("ended"), updated)
+
+
+def _number(value: Any, default: float) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
 
 
 def _epoch(when: datetime | None) -> float:

@@ -5,9 +5,13 @@ so there is no status store. Reading a job is one ``get_status`` (one read of th
 Instances table); waiting polls it, starting fast for short jobs and backing off to a bound that
 keeps a long-poll's extra latency under a quarter second.
 
-Queue depth: no 503 here (see docs/azure.md): reading Service Bus runtime properties on every
-submit needs the Manage right and a management-plane round trip, and Service Bus bounds a queue
-itself (its maximum size), which fails the ``enqueue`` activity and so the job.
+Queue depth: a new job is refused with 503 while the request queues hold
+``NEARLINE_MAX_QUEUE_DEPTH`` messages, by a cached reading of their runtime properties
+(:mod:`orchestrations.queue_depth`: no management call per submit).
+
+Terminate: the job's tombstone is recorded (:mod:`nearline.tombstones`) before its instance is
+terminated, so that workers drop its request if it is still queued: a job terminated before a
+worker took it is never computed, as on every profile.
 
 Idempotency: there is no store to map a key to a job, so a keyed job's instance id is an HMAC of
 the key's slot under the app's secret (``NEARLINE_SECRET``, :func:`nearline.idempotency.keyed_id`),
@@ -17,8 +21,10 @@ and the request's fingerprint travels in the orchestrator input, where a repeat 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nearline.constants import MAX_BODY_BYTES
 from nearline.errors import BrokerError, ConfigError, Conflict, JobGone, JobNotFound, NearlineError
@@ -35,7 +41,13 @@ from orchestrations.azure_status import (
     job_status,
     orchestrator_input,
 )
+from orchestrations.delivery import DELIVERY_ORCHESTRATOR, terminated_input
 
+if TYPE_CHECKING:
+    from nearline.tombstones import Tombstones
+    from orchestrations.queue_depth import QueueDepth
+
+log = logging.getLogger("nearline.azure.jobs")
 POLL_FIRST_S = 0.05
 POLL_MAX_S = 0.25
 
@@ -48,6 +60,8 @@ class DurableJobs(Jobs):
             the catalog).
         catalog: Loads the pipelines catalog (on first use, inside the handler's error handling).
         secret: Reads the installation's secret (default: ``NEARLINE_SECRET``), on use.
+        depth: The request queues' cached depth and limit (None: no shedding).
+        tombstones: Opens where terminated jobs are recorded for the workers (None: nowhere).
     """
 
     def __init__(
@@ -57,11 +71,15 @@ class DurableJobs(Jobs):
         *,
         max_body: int = MAX_BODY_BYTES,
         secret: Callable[[], str | None] = lambda: FunctionsSettings.from_env().secret,
+        depth: QueueDepth | None = None,
+        tombstones: Callable[[], Tombstones | None] = lambda: None,
     ) -> None:
         super().__init__(max_body=max_body)
         self._client = client
         self._catalog = catalog
         self._secret = secret
+        self._depth = depth
+        self._tombstones = tombstones
 
     @property
     def client(self) -> DurableClient:
@@ -94,14 +112,17 @@ class DurableJobs(Jobs):
     async def health(self) -> dict[str, Any]:
         fields = await super().health()
         self.secret()  # keyed submissions would fail: not healthy
-        return fields
+        depth = await self.queue_depth()
+        return fields if depth is None else {**fields, "queueDepth": depth}
 
     async def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
         # Durable's start_new silently replaces a finished instance with the same id: look first.
         if job.idempotency_slot is not None:
             existing = await self.client.get_status(job.id, show_input=True)
             if existing:
-                return job_record(existing), False
+                return job_record(existing), False  # a repeat: never refused for depth
+        if self._depth is not None:
+            await self._depth.admit()
         try:
             await self.client.start_new(SCORING_ORCHESTRATOR, job.id, orchestrator_input(job))
         except Exception as exc:  # the durable client raises bare Exceptions with the host's message
@@ -132,17 +153,39 @@ class DurableJobs(Jobs):
             pause = min(pause * 2, POLL_MAX_S)
 
     async def terminate(self, job_id: str, reason: str = "") -> None:
-        status = await self.client.get_status(job_id)
+        status = await self.client.get_status(job_id, show_input=True)
         if not status:
             raise JobNotFound(f"no job with id {job_id!r}")
         if is_terminal(status):
-            raise JobGone(f"job {job_id} already ended ({job_status(status.runtime_status).value})")
+            raise JobGone(f"job {job_id} already ended ({job_record(status).status.value})")
+        tombstones = self._tombstones()
+        if tombstones is not None:  # first: a failure here leaves the job as it was (503, retry)
+            await asyncio.to_thread(tombstones.record, job_id, job_record(status).deadline)
         await self.client.terminate(job_id, reason)
+        await self._call_back_terminated(job_record(status), reason)
+
+    async def _call_back_terminated(self, job: JobRecord, reason: str) -> None:
+        """A terminated instance never runs again, so a terminated job's callback is delivered
+        by an orchestration of its own (``orchestrations/delivery.py``)."""
+        if not job.callback_url:
+            return
+        instance = f"{job.id}-callback"
+        try:
+            await self.client.start_new(
+                DELIVERY_ORCHESTRATOR, instance, terminated_input(job, reason, time.time())
+            )
+        except Exception as exc:  # the job is terminated all the same; say what was lost
+            log.error("job %s terminated, but its callback could not be started: %s", job.id, exc)
+
+    async def queue_depth(self) -> int | None:
+        return await self._depth.current() if self._depth is not None else None
 
     async def purge(self, job_id: str) -> int:
-        status = await self.client.get_status(job_id)
+        status = await self.client.get_status(job_id, show_input=True)
         if not status:
             raise JobNotFound(f"no job with id {job_id!r}")
+        if is_terminal(status) and not job_status(status.runtime_status).terminal:
+            raise Conflict(f"job {job_id} has ended and its callback is being delivered: purge it after")
         if not is_terminal(status):
             state = job_status(status.runtime_status).value
             raise Conflict(f"job {job_id} is {state}: terminate it first, or wait for it to end")

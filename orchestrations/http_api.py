@@ -7,7 +7,8 @@ a request is accepted or refused here exactly as by ``nearline serve``. The modu
 functions (``submit``, ``get_job``, ...) are what the tests call in-process.
 
 Keys: the Functions host checks them (``x-functions-key`` header or ``code`` query, app-level
-``AuthLevel.FUNCTION``) before a handler runs; only health is anonymous.
+``AuthLevel.FUNCTION``) before a handler runs; only health and the pages for people are
+anonymous (``/api/home``, ``/api/docs``: the host puts every route under its prefix).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from nearline.errors import PayloadTooLarge
 from nearline.http import handlers as h
 from nearline.pipelines.spec import Catalog, load_pipelines
 from nearline.settings import FunctionsSettings
+from orchestrations import storage
 from orchestrations.azure_status import DurableClient
 from orchestrations.durable_jobs import DurableJobs
+from orchestrations.queue_depth import request_queue_depth
 
 bp = df.Blueprint()
 
@@ -33,6 +36,10 @@ bp = df.Blueprint()
 Pipelines = Callable[[], Catalog]
 _catalog: Catalog | None = None
 _catalog_lock = threading.Lock()
+#: One per process: handlers are made per request, the shed log must count across them.
+_shed = h.ShedLog()
+#: host.json's ``extensions.http.routePrefix``: every route, the pages too, is under it.
+ROUTE_PREFIX = "/api"
 
 
 def catalog() -> Catalog:
@@ -48,8 +55,9 @@ async def handle(
     name: str, req: func.HttpRequest, client: DurableClient | None, pipelines: Pipelines = catalog
 ) -> func.HttpResponse:
     """Answer ``req`` on the contract's route ``name`` (see :data:`nearline.http.handlers.ROUTES`)."""
-    jobs = DurableJobs(client, pipelines)
-    return _response(await h.Handlers(jobs).handle(name, _request(req)))
+    jobs = DurableJobs(client, pipelines, depth=request_queue_depth(), tombstones=storage.tombstones)
+    handlers = h.Handlers(jobs, shed=_shed, page_prefix=ROUTE_PREFIX)
+    return _response(await handlers.handle(name, _request(req)))
 
 
 def _request(req: func.HttpRequest) -> h.Request:
@@ -71,9 +79,10 @@ def _request(req: func.HttpRequest) -> h.Request:
 
 
 def _response(resp: h.Response) -> func.HttpResponse:
-    if resp.content is not None:
+    if resp.content is not None:  # the host adds "; charset=utf-8" to a text/* mimetype itself
+        mimetype = resp.media_type.partition(";")[0].strip()
         return func.HttpResponse(
-            resp.content, status_code=resp.status, headers=dict(resp.headers), mimetype=resp.media_type
+            resp.content, status_code=resp.status, headers=dict(resp.headers), mimetype=mimetype
         )
     if resp.body is None:
         return func.HttpResponse(status_code=resp.status, headers=dict(resp.headers))
@@ -152,3 +161,18 @@ async def get_health(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="openapi.json", methods=["GET"])
 async def get_openapi(req: func.HttpRequest) -> func.HttpResponse:
     return await openapi(req, catalog)
+
+
+@bp.route(route="home", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def get_home(req: func.HttpRequest) -> func.HttpResponse:
+    return await handle("home", req, None)
+
+
+@bp.route(route="docs", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def get_docs(req: func.HttpRequest) -> func.HttpResponse:
+    return await handle("docs", req, None)
+
+
+@bp.route(route="docs/{asset}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def get_docs_asset(req: func.HttpRequest) -> func.HttpResponse:
+    return await handle("docs_asset", req, None)

@@ -38,10 +38,12 @@ from orchestrations.azure_status import (
     SERVICE_BUS_CONNECTION,
     OrchestrationFailure,
 )
+from orchestrations.delivery import with_callback
 
 bp = df.Blueprint()
 
 
+@with_callback  # then deliver its callback, if it has one (orchestrations/delivery.py)
 def score_job(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
     """Enqueue the job's request, then end with its result or fail at its deadline."""
     job = job_from_input(context.get_input(expected_type=dict))

@@ -48,17 +48,22 @@ def start_server(
     env: dict[str, str] | None = None,
     port: int | None = None,
     ready_timeout: float = 60.0,
+    cwd: Path | None = None,
 ) -> Server:
-    """Start ``nearline serve --port P --data-dir D *args``; wait for /api/health."""
+    """Start ``nearline serve --port P --data-dir D *args``; wait for /api/health.
+
+    ``cwd``: run it there (a project folder) with no ``--models``: the project's own. Else it
+    runs in ``data_dir`` with the example models.
+    """
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / f"serve-{port}.log"
     cmd = [sys.executable, "-m", "nearline", "serve", "--port", str(port), "--data-dir", str(data_dir), *args]
-    if "--models" not in args:
+    if "--models" not in args and cwd is None:
         cmd += ["--models", os.environ.get("NEARLINE_MODELS", str(ROOT / "models"))]
     full_env = {**os.environ, **(env or {})}
     with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=data_dir)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or data_dir)
     server = Server(f"http://127.0.0.1:{port}", proc, log, data_dir)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:

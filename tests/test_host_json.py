@@ -70,3 +70,65 @@ def test_function_timeout_covers_the_longest_long_poll(host: dict[str, Any]) -> 
 
     assert timespan_s(host["functionTimeout"]) > MAX_WAIT_S
     assert host["extensions"]["http"]["routePrefix"] == "api"  # the contract's /api/... paths
+
+
+# --- the Durable Task Scheduler variant (docs/azure.md, The Durable Task Scheduler) ------------
+
+DTS = ROOT / "host.durable-task-scheduler.json"
+#: The backend's settings as Microsoft's Python samples for the scheduler write them.
+DTS_PROVIDER = {"type": "azureManaged", "connectionStringName": "DURABLE_TASK_SCHEDULER_CONNECTION_STRING"}
+
+
+def with_provider_type(schema: dict[str, Any]) -> dict[str, Any]:
+    """The reference schema, admitting ``storageProvider.type``.
+
+    SchemaStore's schema (2026-07) describes only the Azure Storage provider's settings and refuses
+    any other key under ``storageProvider``, ``type`` among them, although the Durable extension
+    reads ``type`` to pick its backend (``azureManaged``: the scheduler; ``mssql``, ``netherite``).
+    This adds that one property and nothing else; the next test notices when SchemaStore does.
+    """
+    patched = json.loads(json.dumps(schema))
+    provider = patched["definitions"]["durableTask-extension"]["properties"]["storageProvider"]
+    provider["properties"]["type"] = {"enum": ["AzureStorage", "azureManaged", "mssql", "netherite"]}
+    return patched
+
+
+@pytest.fixture(scope="module")
+def dts() -> dict[str, Any]:
+    return json.loads(DTS.read_text())
+
+
+def test_the_scheduler_variant_differs_from_host_json_only_in_its_backend(
+    host: dict[str, Any], dts: dict[str, Any]
+) -> None:
+    assert dts["extensions"]["durableTask"]["storageProvider"] == DTS_PROVIDER
+    strip = json.loads(json.dumps(host))
+    strip["extensions"]["durableTask"]["storageProvider"] = DTS_PROVIDER
+    assert dts == strip  # every other setting (timeouts, concurrency, Service Bus) is the same
+
+
+def test_the_scheduler_variant_validates_against_the_schema(dts: dict[str, Any]) -> None:
+    schema = with_provider_type(json.loads(SCHEMA.read_text()))
+    jsonschema.Draft7Validator.check_schema(schema)
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(dts), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+    broken = json.loads(json.dumps(dts))
+    broken["extensions"]["durableTask"]["storageProvider"]["type"] = "azureManagd"
+    assert not jsonschema.Draft7Validator(schema).is_valid(broken)
+
+
+def test_the_reference_schema_refuses_nothing_but_the_provider_type(dts: dict[str, Any]) -> None:
+    # When SchemaStore learns storageProvider.type, this fails: drop with_provider_type then.
+    schema = json.loads(SCHEMA.read_text())
+    found = [
+        (list(c.path), c.message)
+        for e in jsonschema.Draft7Validator(schema).iter_errors(dts)
+        for c in (e.context or [e])
+        if list(c.path)
+    ]
+    assert found == [
+        (
+            ["extensions", "durableTask", "storageProvider"],
+            "Additional properties are not allowed ('type' was unexpected)",
+        )
+    ]

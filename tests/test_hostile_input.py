@@ -190,7 +190,8 @@ BATTERY = [
     accept(b'{"input": {"x": "' + b"a" * (MAX_BODY - 100) + b'"}}', id="long-string-under-limit"),
     accept(("{" + '"input": {' + ",".join(f'"k{i}": {i}' for i in range(20_000)) + "}}"), id="many-keys"),
     accept(b'\xef\xbb\xbf{"input": {"bom": true}}', id="utf8-bom"),
-    accept(b'{"input": {}, "timeout_s": 1e-3}', id="tiny-timeout", ends="Failed"),
+    # 1 ms: a worker that takes it at once may still finish in time; either end reads back.
+    accept(b'{"input": {}, "timeout_s": 1e-3}', id="tiny-timeout", ends="Completed|Failed"),
     accept(f'{{"input": {{"pixels": {ZEROS}, 16.0]}}}}', pipeline="digits", id="digits-edge-of-range"),
 ]
 
@@ -221,7 +222,7 @@ def test_battery(
             return
         job_id = r.json()["id"]
         doc = read_back(client, job_id)
-        assert doc["runtimeStatus"] == ends, doc.get("output")
+        assert doc["runtimeStatus"] in ends.split("|"), doc.get("output")
         if ends == "Completed" and pipeline == "identity":
             assert doc["input"] == doc["output"] == json.loads(body.decode("utf-8-sig"))["input"]
 

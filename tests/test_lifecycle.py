@@ -12,12 +12,15 @@ import pytest
 
 from nearline.addresses import AllowList
 from nearline.brokers.memory import MemoryBroker
-from nearline.callbacks import CallbackSender
+from nearline.callback_sender import CallbackSender
+from nearline.callbacks import CallbackGuard
 from nearline.constants import RESPONSE_QUEUE
+from nearline.deliveries import Dispatcher
 from nearline.errors import BrokerError
 from nearline.jobs import JobRecord, JobStatus
 from nearline.lifecycle import Lifecycle
 from nearline.messages import ResultMessage
+from nearline.settings import WebhookSettings
 from nearline.store.memory import MemoryStore
 
 
@@ -41,7 +44,8 @@ def _poll(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-d
 def parts() -> Iterator[tuple[MemoryBroker, MemoryStore, Lifecycle]]:
     broker, store = MemoryBroker(), MemoryStore()
     # The callback receivers of these tests are on loopback, which callbacks reach only when allowed.
-    life = Lifecycle(broker, store, callbacks=CallbackSender(AllowList.parse("127.0.0.1/32")))
+    sender = CallbackSender(CallbackGuard(AllowList.parse("127.0.0.1/32")))
+    life = Lifecycle(broker, store, deliveries=Dispatcher(store, sender, WebhookSettings()))
     life.start()
     yield broker, store, life
     life.stop()
@@ -126,9 +130,10 @@ def test_callback_receives_the_status_document(parts, end: str) -> None:  # type
     finally:
         server.shutdown()
         server.server_close()
-    assert got[0]["instanceId"] == "cb"
-    assert got[0]["output"] == ({"label": 7} if end == "result" else "stop")
-    assert got[0]["runtimeStatus"] == ("Completed" if end == "result" else "Terminated")
+    assert got[0]["type"] == ("job.completed" if end == "result" else "job.terminated")
+    assert got[0]["data"]["instanceId"] == "cb"
+    assert got[0]["data"]["output"] == ({"label": 7} if end == "result" else "stop")
+    assert got[0]["data"]["runtimeStatus"] == ("Completed" if end == "result" else "Terminated")
 
 
 class FlakyBroker(MemoryBroker):

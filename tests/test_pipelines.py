@@ -126,7 +126,7 @@ pipelines:
             "'version' must be a positive",
         ),
         (
-            _pipeline(STEPS.replace("version: 1", "version: 1, backend: onnx")),
+            _pipeline(STEPS.replace("version: 1", "version: 1, backend: tensorflow")),
             "step 2 (classify)",
             "'backend' must be",
         ),
@@ -210,3 +210,89 @@ def test_spec_is_light() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+# --- several files, folders, the default, examples ----------------------------------------------
+
+
+def _file(path: Path, name: str, extra: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_pipeline(extra=extra).replace("  digits:", f"  {name}:"))
+    return path
+
+
+def test_several_files_and_folders_merge_in_order(tmp_path: Path) -> None:
+    a = _file(tmp_path / "a.yaml", "alpha")
+    _file(tmp_path / "more" / "c.yml", "gamma")
+    _file(tmp_path / "more" / "b.yaml", "beta")
+    (tmp_path / "more" / "notes.txt").write_text("not a pipelines file")
+    catalog = load_pipelines([a, tmp_path / "more", a])  # a file named twice loads once
+    assert catalog.names() == ["alpha", "beta", "gamma"]
+    assert catalog.sources == (a, tmp_path / "more" / "b.yaml", tmp_path / "more" / "c.yml")
+    assert catalog.get("gamma").source == tmp_path / "more" / "c.yml"
+
+
+def test_a_pipeline_defined_in_two_files_names_both(tmp_path: Path) -> None:
+    a, b = _file(tmp_path / "a.yaml", "alpha"), _file(tmp_path / "b.yaml", "alpha")
+    with pytest.raises(ConfigError) as err:
+        load_pipelines([a, b])
+    assert err.value.message == f"pipeline 'alpha' is defined twice: in {a} and in {b}"
+
+
+def test_a_folder_without_pipelines_files_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no pipelines files \(\*\.yaml, \*\.yml\) here"):
+        load_pipelines(tmp_path)
+
+
+def test_the_default_is_the_current_folders_pipelines_yaml_else_the_examples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pipelines_file: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_pipelines().sources == (pipelines_file,)
+    _file(tmp_path / "pipelines.yaml", "mine")
+    assert load_pipelines().names() == ["mine"] and load_pipelines(()).sources == (Path("pipelines.yaml"),)
+
+
+def test_the_variable_and_the_flag_take_several(tmp_path: Path) -> None:
+    from nearline.cli import serve_settings
+    from nearline.settings import WorkerSettings
+
+    env = {"NEARLINE_PIPELINES": " a.yaml, more/ "}
+    assert WorkerSettings.from_env(env).pipelines == (Path("a.yaml"), Path("more"))
+    flags = serve_settings(["--pipelines", "x.yaml", "y/", "--port", "1"], env)
+    assert flags.worker.pipelines == (Path("x.yaml"), Path("y"))
+
+
+def test_examples_must_pass_the_input_schema(tmp_path: Path) -> None:
+    schema = "\n    examples: [{pixels: [1]}, {pixels: 2}]"
+    catalog = _load(tmp_path, _pipeline(extra=schema))
+    assert catalog.get("digits").examples == ({"pixels": [1]}, {"pixels": 2})
+    strict = _pipeline(extra=schema).replace("{type: object}", "{type: object, required: [text]}")
+    with pytest.raises(
+        ConfigError, match=r"pipeline 'digits': examples\[0\] fails the input schema: input: 'text'"
+    ):
+        _load(tmp_path, strict)
+    with pytest.raises(ConfigError, match="'examples' must be a list"):
+        _load(tmp_path, _pipeline(extra="\n    examples: {pixels: 1}"))
+
+
+def test_steps_import_from_the_pipelines_files_folder_whatever_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models_dir: Path
+) -> None:
+    from nearline.models.repository import ModelRepository
+    from nearline.pipelines.runner import PipelineRunner
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "first_hour_steps.py").write_text(
+        "def shout(item):\n    return {'said': item['say'].upper()}\n"
+    )
+    (project / "pipelines.yaml").write_text(
+        "pipelines:\n  shout:\n    input_schema: {type: object}\n    deployment:\n      name: v1\n"
+        "      steps: [{name: shout, function: 'first_hour_steps:shout'}]\n"
+    )
+    monkeypatch.chdir(tmp_path)  # not the project folder
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    runner = PipelineRunner(load_pipelines(project / "pipelines.yaml"), ModelRepository(models_dir))
+    assert runner.run("shout", [{"say": "hi"}]).results == [{"said": "HI"}]
+    assert sys.path[-1] == str(project)  # last: nothing there shadows the standard library

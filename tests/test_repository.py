@@ -83,7 +83,7 @@ def test_a_good_config_parses_into_specs(tmp_path: Path) -> None:
             lambda t: t.replace("dims: [ 3 ] }]\noutput", "dimz: [ 3 ] }]\noutput"),
             "not a valid Triton model config",
         ),
-        (lambda t: t.replace('"pytorch_libtorch"', '"onnxruntime_onnx"'), "pytorch_libtorch"),
+        (lambda t: t.replace('"pytorch_libtorch"', '"tensorflow_savedmodel"'), "pytorch_libtorch"),
         (lambda t: t.replace("max_batch_size: 8", "max_batch_size: 0"), "max_batch_size"),
         (lambda t: t.replace('"INPUT__0"', '"pixels"'), "expected INPUT__0"),
         (lambda t: t.replace('"OUTPUT__0"', '"OUTPUT__1"'), "expected OUTPUT__0"),

@@ -316,4 +316,4 @@ def test_backend_override(tiny_repo: ModelRepository, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs a Triton URL"):
         PipelineRunner(catalog, tiny_repo, backend="triton")
     with pytest.raises(ConfigError, match="unknown model backend"):
-        PipelineRunner(catalog, tiny_repo, backend="onnx")
+        PipelineRunner(catalog, tiny_repo, backend="tensorflow")

@@ -26,6 +26,7 @@ from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusReceivedMessage
 from azure.servicebus import exceptions as sb
 from azure.servicebus._pyamqp.message import Header, Message, Properties  # to build received messages
+from azurite import azurite_fixture  # noqa: F401 - registers the fixture (the live claim check)
 
 from nearline.brokers import open_broker
 from nearline.brokers.base import LeaseLost
@@ -424,3 +425,19 @@ def test_live_a_short_lease_is_redelivered_with_the_next_count(live: ServiceBusB
     assert time.monotonic() - start >= 0.2
     assert [(d.message_id, d.delivery_count) for d in first + again] == [("m", 1), ("m", 2)]
     live.complete(again[0])
+
+
+@pytest.mark.slow
+def test_live_a_600_kb_body_goes_through_the_claim_check(live: ServiceBusBroker, request: Any) -> None:
+    from nearline.claim_check import ClaimCheck, OutOfLine
+    from nearline.constants import BODIES_CONTAINER
+
+    azurite = request.getfixturevalue("azurite")  # tests/azurite.py; started only when live runs
+    live.claims = OutOfLine(ClaimCheck(), azurite.container(BODIES_CONTAINER))
+    queue = f"test-{uuid.uuid4().hex[:12]}"
+    body = json.dumps({"text": "x" * 600_000}).encode()
+    live.send(queue, body, message_id="big")
+    [got] = live.receive(queue, 1, wait_s=5)
+    assert got.body == body
+    live.complete(got)
+    assert azurite.names(BODIES_CONTAINER) == []

@@ -25,7 +25,9 @@ SETTINGS_CLASSES = (
     s.TritonSettings,
     s.FunctionsSettings,
     s.RedisSettings,
+    s.ServiceBusSettings,
     s.ClientSettings,
+    s.WebhookSettings,
 )
 
 
@@ -164,7 +166,7 @@ def test_serve_settings_hold_the_api_and_worker_settings() -> None:
         (s.WorkerSettings, "NEARLINE_MAX_DELIVERIES", "0", "must be >= 1"),
         (s.WorkerSettings, "NEARLINE_WORKER_PORT", "70000", "must be <= 65535"),
         (s.WorkerSettings, "NEARLINE_WORKER_PORT", "-2", "must be >= -1"),
-        (s.WorkerSettings, "NEARLINE_MODEL_BACKEND", "onnx", "must be one of torch, triton"),
+        (s.WorkerSettings, "NEARLINE_MODEL_BACKEND", "tensorflow", "must be one of torch, onnx, triton"),
         (s.ServeSettings, "NEARLINE_MAX_QUEUE_DEPTH", "-3", "must be >= 1"),
         (s.ServeSettings, "NEARLINE_RETENTION_S", "0", "must be > 0"),
         (s.ServeSettings, "NEARLINE_MAX_BATCH", "abc", "not a whole number"),
@@ -188,7 +190,7 @@ def test_every_flag_keeps_its_name() -> None:
 
     assert flags(cli.serve_parser(s.ServeSettings())) == {
         *("--host", "--port", "--broker", "--workers", "--no-workers", "--data-dir", "--models"),
-        *("--pipelines", "--insecure", "--max-queue-depth", "--retention-s", "--max-body"),
+        *("--pipelines", "--insecure", "--max-queue-depth", "--retention-s", "--max-body", "--reload"),
         *("--lease-s", "--max-batch", "--max-wait-ms"),
     }
     assert flags(worker_cli.build_parser(s.WorkerSettings())) == {

@@ -92,8 +92,8 @@ def test_messages_and_leases_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_a_send_wakes_a_receiver_of_another_broker_on_the_same_file(tmp_path: Path) -> None:
-    # The receiver's polls back off 2, 4, ... 256 ms (poll_ms=2000 lifts the cap): a send at
-    # 0.3 s would be polled at ~0.51 s. Only the in-process signal delivers it at once.
+    # poll_ms=2000: the receiver's next look without a ring would be at 2 s. Only the ring
+    # (nearline/wakeups.py) delivers the send at 0.3 s at once.
     url = f"sqlite:///{tmp_path}/nearline.db?poll_ms=2000"
     receiver, sender = SqliteBroker(url), SqliteBroker(url)
     sent_at: list[float] = []
@@ -161,3 +161,30 @@ def test_an_expired_message_does_not_swallow_a_new_send_of_its_id(tmp_path: Path
         ]
     finally:
         broker.close()
+
+
+def test_under_full_sends_are_fsynced_and_leases_and_settles_are_not(tmp_path: Path) -> None:
+    # A lease or settle lost to a power loss is redone by at-least-once delivery; the next durable
+    # commit's fsync covers it anyway (nearline/sqlite_db.py, Database._sync).
+    broker = SqliteBroker(f"sqlite:///{tmp_path}/n.db?synchronous=full")
+    conn = broker._db.conn()  # this thread's connection: the one the calls below use
+    level, seen = ["FULL"], []
+
+    def trace(sql: str) -> None:
+        words = sql.split()
+        if words[:2] == ["PRAGMA", "synchronous"] and "=" in words:
+            level[0] = words[-1]
+        elif words[0] in ("INSERT", "UPDATE", "DELETE"):
+            seen.append((words[0], level[0]))
+
+    conn.set_trace_callback(trace)
+    try:
+        broker.send("q", b"x", message_id="m")
+        (d,) = broker.receive("q", 1, wait_s=0)
+        broker.complete(d)
+    finally:
+        conn.set_trace_callback(None)
+    # The send; the receive's drop of expired messages and its lease; the complete.
+    assert seen == [("INSERT", "FULL"), ("DELETE", "NORMAL"), ("UPDATE", "NORMAL"), ("DELETE", "NORMAL")]
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again for the next send
+    broker.close()

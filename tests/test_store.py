@@ -93,6 +93,7 @@ def test_create_then_get_round_trips_every_field(store: StatusStore) -> None:
         idempotency_slot="slot-1",
         fingerprint="fingerprint-1",
         enqueued=False,
+        status_url="https://api.example.test/api/jobs/x",
     )
     unset = [
         f.name for f in fields(JobRecord) if f.default is not MISSING and getattr(j, f.name) == f.default
@@ -152,6 +153,32 @@ def test_finish_is_compare_and_set(store: StatusStore) -> None:
     assert got is not None
     assert (got.status, got.output, got.updated) == (JobStatus.COMPLETED, {"label": 1}, T0 + 2)
     assert store.finish("no-such-job", JobStatus.COMPLETED, None, T0) is False
+
+
+def test_finish_many_ends_each_job_as_finish_would(store: StatusStore) -> None:
+    # The lifecycle ends a received batch of results with one call (one transaction on SQLite).
+    first, second, ended = job(), job(), job()
+    for j in (first, second, ended):
+        store.create(j)
+    store.finish(ended.id, JobStatus.TERMINATED, "stop", T0 + 1)
+    heard: list[str] = []
+    remove = store.on_finish(heard.append)
+    ends = [
+        (first.id, JobStatus.COMPLETED, {"label": 1}),
+        (ended.id, JobStatus.COMPLETED, {"label": 2}),  # already ended: kept as it was
+        ("no-such-job", JobStatus.COMPLETED, None),
+        (second.id, JobStatus.FAILED, error_output("ModelError", "boom")),
+    ]
+    assert store.finish_many(ends, T0 + 2) == [True, False, False, True]
+    remove()
+    assert heard == [first.id, second.id]
+    got = {j.id: store.get(j.id) for j in (first, second, ended)}
+    assert {i: (g.status, g.output) for i, g in got.items() if g is not None} == {
+        first.id: (JobStatus.COMPLETED, {"label": 1}),
+        second.id: (JobStatus.FAILED, error_output("ModelError", "boom")),
+        ended.id: (JobStatus.TERMINATED, "stop"),
+    }
+    assert store.finish_many([], T0 + 3) == []
 
 
 def test_finish_needs_a_terminal_status(store: StatusStore) -> None:

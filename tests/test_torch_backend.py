@@ -111,8 +111,8 @@ def test_real_digits_model_returns_probabilities(models_dir: Path) -> None:
 
 def test_open_backend(repo: ModelRepository) -> None:
     assert isinstance(open_backend("torch", repo, device="cpu"), TorchBackend)
-    with pytest.raises(ConfigError, match="unknown model backend 'onnx'"):
-        open_backend("onnx", repo)
+    with pytest.raises(ConfigError, match="unknown model backend 'tensorflow'"):
+        open_backend("tensorflow", repo)
     with pytest.raises(ConfigError, match="needs a Triton URL"):
         open_backend("triton", repo, None)
     if importlib.util.find_spec("nearline.models.triton_backend") is None:

@@ -29,6 +29,7 @@ def create_app(
     *,
     health: Callable[[], Mapping[str, Any]] | None = None,
     body_timeout_s: float = BODY_TIMEOUT_S,
+    metrics: ApiMetrics | None = None,
 ) -> Starlette:
     """The Starlette application for ``jobs``.
 
@@ -37,8 +38,11 @@ def create_app(
         api_keys: The keys a request must carry; empty: no keys are asked for.
         health: What the server adds to ``GET /api/health`` (its workers' state).
         body_timeout_s: A request body must arrive whole within this many seconds.
+        metrics: What ``GET /metrics`` shows (the server's other parts may count in its
+            registry too); default: a fresh one.
     """
-    handlers = h.Handlers(jobs, api_keys=api_keys, metrics=ApiMetrics(), health=health)
+    metrics = metrics or ApiMetrics()
+    handlers = h.Handlers(jobs, api_keys=api_keys, metrics=metrics, health=health)
     return Starlette(
         routes=[
             Route(r.path, _endpoint(handlers, r.name, body_timeout_s), methods=[r.method]) for r in h.ROUTES

@@ -18,10 +18,12 @@ Layout (names in one place, :data:`GROUP` and :func:`stream_key`; the Kubernetes
 Receive reads high, then normal, then low: first entries whose lease expired (XAUTOCLAIM,
 which also raises the delivery count in the pending list), then new ones (XREADGROUP), in
 batches of ``COUNT``; when nothing is there it blocks on all three streams at once (XREAD
-BLOCK). A lease is the pending entry's idle clock: leasing for L seconds sets the idle time to
-``LEASE_HORIZON_S - L``, so ``XAUTOCLAIM min-idle-time=LEASE_HORIZON_S`` hands the message to
-another consumer exactly L seconds later; ``abandon`` sets it to the horizon (XCLAIM IDLE JUSTID,
-which keeps the count: claimable at once). The lease token is
+BLOCK), which a send ends at once. Redis times out blocked reads only ``hz`` times a second, so
+a receive of 100 ms or more may return empty up to 100 ms late, and a shorter one polls every
+2 ms instead of blocking. A lease is the pending entry's idle clock: leasing for L seconds
+sets the idle time to ``LEASE_HORIZON_S - L``, so ``XAUTOCLAIM min-idle-time=LEASE_HORIZON_S``
+hands the message to another consumer exactly L seconds later; ``abandon`` sets it to the
+horizon (XCLAIM IDLE JUSTID, which keeps the count: claimable at once). The lease token is
 ``entry id/delivery count/consumer``, checked against XPENDING before any settle, so a stale
 lease raises :class:`LeaseLost` and changes nothing. ``complete`` is XACK + XDEL: completed
 entries do not accumulate, and ``depth`` is the streams' XLEN (waiting + leased). Expired
@@ -61,7 +63,7 @@ import redis
 
 from nearline.brokers.base import Broker, DeadLetter, Delivery, LeaseLost
 from nearline.brokers.redis_lua import SCRIPTS
-from nearline.claim_check import ClaimCheck
+from nearline.claim_check import ClaimCheck, RedisBlobs
 from nearline.constants import DEFAULT_LANE, LANES, LEASE_S
 from nearline.errors import BrokerError, NearlineError
 
@@ -71,7 +73,8 @@ GROUP = "nearline"
 LEASE_HORIZON_S = 24 * 3600.0
 #: While other consumers hold leases, an idle receiver looks for expired ones this often.
 RECOVERY_POLL_S = 0.25
-#: Waits shorter than this poll every SHORT_POLL_S instead of blocking (see ``receive``).
+#: A receive asked to wait less than this polls every SHORT_POLL_S instead of blocking (see
+#: ``receive``); a longer one only ever blocks.
 SHORT_WAIT_S = 0.1
 SHORT_POLL_S = 0.002
 #: Longest single XREAD BLOCK: well under redis-py's 5 s socket timeout.
@@ -98,6 +101,9 @@ TRANSIENT_ERRORS: tuple[type[redis.RedisError], ...] = (
 _TRANSIENT_REPLY = re.compile(r"(?:^|: )(?:BUSY|NOREPLICAS) ")
 
 _HORIZON_MS = int(LEASE_HORIZON_S * 1000)
+# _SINGLE: a pipeline of scripts costs a round trip more than its commands (redis-py sends
+# SCRIPT EXISTS before it), so one message is sent, or settled, with the script alone: the
+# API's every send, and a worker's or lifecycle's lone result at light load.
 T = TypeVar("T")
 
 
@@ -192,17 +198,23 @@ class RedisBroker(Broker):
         ttl = "" if ttl_s is None else str(max(int(ttl_s * 1000), 1))
         blob_ttl = str(int(self.claim_check.blob_ttl_s(ttl_s) * 1000))
 
+        def one(message_id: str, body: bytes, client: Any) -> None:
+            keys = [
+                stream_key(queue, lane),
+                f"{queue}:msg:{message_id}",
+                f"{queue}:expiry",
+                self.claim_check.blob_key(queue, message_id),
+            ]
+            blob = "1" if self.claim_check.needed(body) else "0"
+            self._script("send", keys, [message_id, lane, body, blob, ttl, blob_ttl], client)
+
         def run() -> None:
+            if len(messages) == 1:  # one round trip (see _SINGLE)
+                one(*messages[0], None)
+                return
             pipe = self._redis.pipeline(transaction=False)
             for message_id, body in messages:
-                keys = [
-                    stream_key(queue, lane),
-                    f"{queue}:msg:{message_id}",
-                    f"{queue}:expiry",
-                    self.claim_check.blob_key(queue, message_id),
-                ]
-                blob = "1" if self.claim_check.needed(body) else "0"
-                self._script("send", keys, [message_id, lane, body, blob, ttl, blob_ttl], pipe)
+                one(message_id, body, pipe)
             pipe.execute()
 
         if messages:
@@ -224,14 +236,15 @@ class RedisBroker(Broker):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            if remaining < SHORT_WAIT_S:
+            if wait_s < SHORT_WAIT_S:
                 # Redis checks blocked clients' timeouts only `hz` times a second (10 by
-                # default): a 5 ms XREAD BLOCK comes back after ~100 ms, which turned the
-                # worker's 5 ms batch-fill wait into 100. Short waits poll instead.
+                # default): a 5 ms XREAD BLOCK comes back after ~100 ms. A short wait polls.
                 time.sleep(min(remaining, SHORT_POLL_S))
                 continue
             # Leased entries may expire while we wait: look again soon. Otherwise only a new
-            # entry can change anything, and XREAD BLOCK wakes on that.
+            # entry can change anything, and XREAD BLOCK wakes on that at once; its timeout may
+            # run up to 1/hz late, which a wait this long (the worker's and the lifecycle's
+            # idle waits) affords better than polling through its last 100 ms.
             pause = min(remaining, BLOCK_MAX_S, RECOVERY_POLL_S if length else BLOCK_MAX_S)
             streams: dict[Any, Any] = {
                 stream_key(queue, lane): last for lane, last in zip(LANES, last_ids, strict=True)
@@ -253,7 +266,9 @@ class RedisBroker(Broker):
         blobs = dict(
             zip(
                 blob_ids,
-                self.claim_check.fetch(self._redis, [self.claim_check.blob_key(queue, m) for m in blob_ids]),
+                self.claim_check.fetch(
+                    RedisBlobs(self._redis), [self.claim_check.blob_key(queue, m) for m in blob_ids]
+                ),
                 strict=True,
             )
         )
@@ -298,6 +313,8 @@ class RedisBroker(Broker):
             return []
 
         def run() -> list[Any]:
+            if len(deliveries) == 1:  # one round trip (see _SINGLE)
+                return [self._script("settle", *self._settle_args(deliveries[0], "complete"))]
             pipe = self._redis.pipeline(transaction=False)
             for d in deliveries:
                 keys, args = self._settle_args(d, "complete")

@@ -20,6 +20,12 @@ a lease outlasts it, so the queue's lock duration (set it to ``LEASE_S``) matter
 process dies. ``depth`` reads runtime properties (Manage right / *Data Owner*), which Service Bus
 updates with a short delay.
 
+Claim check (:class:`nearline.claim_check.OutOfLine`): a body over ``NEARLINE_CLAIM_CHECK_BYTES``
+(256 KiB, Standard's message limit), or one that alone does not fit the queue's limit, goes to the
+bodies container of ``NEARLINE_BLOB_STORE`` and the message carries the blob's name; receivers get
+the body back, and completing the message deletes the blob. Dead-lettered messages keep theirs
+(so ``dead_letters`` can show them) until the container's lifecycle rule removes it.
+
 Errors (:func:`servicebus_error`): a failure that passes (connection lost, timeout, server busy,
 a full or disabled queue, a token that could not be refreshed) is a :class:`BrokerError`, which
 callers retry (the worker until the namespace answers); a message over the queue's size limit is
@@ -33,20 +39,25 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from nearline.brokers.base import Broker, DeadLetter, Delivery, LeaseLost
+from nearline.brokers.servicebus_admin import QueueAdmin
 from nearline.brokers.servicebus_wire import (
+    claim_name,
     expired,
     lane_queue,
     outgoing,
     parse_url,
+    received_body,
+    servicebus_error,
     to_dead_letter,
     to_delivery,
 )
-from nearline.constants import DEFAULT_LANE, LANES, LEASE_S, MAX_DELIVERIES
-from nearline.errors import BrokerError, ConfigError, NearlineError, PayloadTooLarge
+from nearline.claim_check import OutOfLine
+from nearline.constants import DEFAULT_LANE, LANES, LEASE_S
+from nearline.errors import BrokerError
 
 #: With a single lane a receive blocks for up to this long per call (other lanes are probed in
 #: turn, see servicebus_wire.PROBE_S); bounded so settling threads get the receiver in between.
@@ -73,6 +84,7 @@ class ServiceBusBroker(Broker):
         lanes, probe_s, create_queues: Override the URL's options.
         idle_delete_s: With ``create_queues``: queues it creates delete themselves after idling
             this long (the contract suite's throwaway queues).
+        claims: The claim check (default: :meth:`OutOfLine.configured`, from the environment).
     """
 
     def __init__(
@@ -83,6 +95,7 @@ class ServiceBusBroker(Broker):
         probe_s: float | None = None,
         create_queues: bool | None = None,
         idle_delete_s: float | None = None,
+        claims: OutOfLine | None = None,
     ) -> None:
         from azure.servicebus import ServiceBusClient
 
@@ -91,8 +104,7 @@ class ServiceBusBroker(Broker):
         self.url = target.url
         self._lanes = tuple(lane for lane in LANES if lane in lanes) if lanes else target.lanes
         self._probe_s = probe_s if probe_s is not None else target.probe_s
-        self._create = target.create_queues if create_queues is None else create_queues
-        self._idle_delete_s = idle_delete_s
+        self.claims = claims if claims is not None else OutOfLine.configured()
         self._credential: Any = None
         if target.connection_string:
             self._client = ServiceBusClient.from_connection_string(target.connection_string)
@@ -101,10 +113,10 @@ class ServiceBusBroker(Broker):
 
             self._credential = DefaultAzureCredential()
             self._client = ServiceBusClient(target.namespace, self._credential)
-        self._admin_client: Any = None
+        create = target.create_queues if create_queues is None else create_queues
+        self._admin = QueueAdmin(target, self._credential, create, idle_delete_s)
         self._senders: dict[str, tuple[Any, threading.Lock]] = {}
         self._receivers: dict[str, tuple[Any, threading.Lock]] = {}
-        self._created: set[str] = set()
         self._entities = threading.Lock()  # guards the three above
         self._held: dict[str, _Lease] = {}
         self._cond = threading.Condition()  # guards _held and _closed; wakes the keeper
@@ -122,28 +134,34 @@ class ServiceBusBroker(Broker):
         ttl_s: float | None = None,
     ) -> None:
         from azure.core.exceptions import AzureError
-        from azure.servicebus import ServiceBusMessage
-        from azure.servicebus.exceptions import MessageSizeExceededError
 
         name = lane_queue(queue, lane)
         if not messages or (ttl_s is not None and ttl_s <= 0):
             return  # nothing to send, or dead on arrival
+
+        def message(message_id: str, body: bytes, out_of_line: bool = False) -> Any:
+            from azure.servicebus import ServiceBusMessage
+
+            blob = None
+            if out_of_line or self.claims.needed(body):
+                blob = self.claims.stash(name, message_id, body, ttl_s)
+            return ServiceBusMessage(
+                **outgoing(queue, body, message_id=message_id, lane=lane, ttl_s=ttl_s, blob=blob)
+            )
+
         try:
             sender, guard = self._entity(self._senders, name, lambda: self._client.get_queue_sender(name))
             with guard:
                 batch = sender.create_message_batch()
                 for message_id, body in messages:
-                    msg = ServiceBusMessage(
-                        **outgoing(queue, body, message_id=message_id, lane=lane, ttl_s=ttl_s)
-                    )
-                    try:
-                        batch.add_message(msg)
-                    except MessageSizeExceededError:
-                        if not len(batch):
-                            raise  # one message over the limit: the caller's claim check
+                    msg = message(message_id, body)
+                    if _added(batch, msg):
+                        continue
+                    if len(batch):
                         sender.send_messages(batch)
                         batch = sender.create_message_batch()
-                        batch.add_message(msg)
+                    if not _added(batch, msg):  # alone over the queue's limit: out of line after all
+                        batch.add_message(message(message_id, body, out_of_line=True))
                 sender.send_messages(batch)
         except AzureError as exc:
             raise servicebus_error(f"could not send to {name}", exc) from exc
@@ -187,14 +205,17 @@ class ServiceBusBroker(Broker):
             with guard:
                 messages = receiver.receive_messages(max_message_count=room, max_wait_time=wait_s)
                 now = time.time()
-                for late in [m for m in messages if expired(m, now)]:
-                    messages.remove(late)  # past its exact TTL (Service Bus only has whole seconds)
+                late = [m for m in messages if expired(m, now)]
+                for m in late:
+                    messages.remove(m)  # past its exact TTL (Service Bus only has whole seconds)
                     with contextlib.suppress(ServiceBusError):
-                        receiver.complete_message(late)
+                        receiver.complete_message(m)
+            self.claims.release([claim_name(m.application_properties) for m in late])
         except AzureError as exc:
             raise servicebus_error(f"could not receive from {name}", exc) from exc
+        bodies = self._bodies(receiver, guard, messages)
         ends_at = time.monotonic() + lease_s
-        out = [to_delivery(m, queue, lane) for m in messages]
+        out = [to_delivery(m, queue, lane, body) for m, body in zip(messages, bodies, strict=True)]
         if out:
             with self._cond:
                 for delivery, message in zip(out, messages, strict=True):
@@ -203,10 +224,22 @@ class ServiceBusBroker(Broker):
                 self._cond.notify_all()
         return out
 
+    def _bodies(self, receiver: Any, guard: threading.Lock, messages: list[Any]) -> list[bytes]:
+        """The messages' bodies, claim-checked ones read back. If the store fails, the messages
+        go back at once (the caller retries), never on with an empty body that would fail a job."""
+        try:
+            names = [claim_name(m.application_properties) for m in messages]
+            return self.claims.resolve(names, [received_body(m) for m in messages])
+        except BrokerError:
+            for m in messages:
+                self._quietly(_Lease(receiver, guard, m, 0.0), lambda r, m: r.abandon_message(m))
+            raise
+
     # -- settling
 
     def complete(self, delivery: Delivery) -> None:
-        self._settle(delivery, lambda r, m: r.complete_message(m))
+        message = self._settle(delivery, lambda r, m: r.complete_message(m))
+        self.claims.release([claim_name(message.application_properties)])
 
     def abandon(self, delivery: Delivery) -> None:
         self._settle(delivery, lambda r, m: r.abandon_message(m))
@@ -214,7 +247,8 @@ class ServiceBusBroker(Broker):
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._settle(delivery, lambda r, m: r.dead_letter_message(m, reason=reason[:MAX_REASON]))
 
-    def _settle(self, delivery: Delivery, op: Callable[[Any, Any], Any]) -> None:
+    def _settle(self, delivery: Delivery, op: Callable[[Any, Any], Any]) -> Any:
+        """Settle ``delivery`` with ``op``; returns its Service Bus message."""
         from azure.core.exceptions import AzureError
         from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError
 
@@ -237,6 +271,7 @@ class ServiceBusBroker(Broker):
             with self._cond:
                 self._held.setdefault(token, lease)  # still held: the caller may retry
             raise servicebus_error(f"could not settle message {delivery.message_id}", exc) from exc
+        return lease.message
 
     # -- the lease keeper: ends leases on time, keeps locks alive while leases last
 
@@ -278,56 +313,12 @@ class ServiceBusBroker(Broker):
     ) -> Any:
         with self._entities:
             if name not in cache:
-                self._ensure_queue(name)
+                self._admin.ensure_queue(name)
                 cache[name] = (make(), threading.Lock())
             return cache[name]
 
-    def _admin(self) -> Any:
-        from azure.servicebus.management import ServiceBusAdministrationClient
-
-        if self._admin_client is None:
-            if self._target.connection_string:
-                self._admin_client = ServiceBusAdministrationClient.from_connection_string(
-                    self._target.connection_string
-                )
-            else:
-                self._admin_client = ServiceBusAdministrationClient(self._target.namespace, self._credential)
-        return self._admin_client
-
-    def _ensure_queue(self, name: str) -> None:
-        from azure.core.exceptions import AzureError, ResourceExistsError
-
-        if not self._create or name in self._created:
-            return
-        idle = {"auto_delete_on_idle": timedelta(seconds=self._idle_delete_s)} if self._idle_delete_s else {}
-        try:
-            self._admin().create_queue(
-                name,
-                requires_duplicate_detection=True,
-                lock_duration=timedelta(seconds=LEASE_S),
-                # Above the workers' own limit, so they dead-letter with a reason first.
-                max_delivery_count=2 * MAX_DELIVERIES,
-                **idle,
-            )
-        except ResourceExistsError:
-            pass
-        except AzureError as exc:
-            raise BrokerError(f"Service Bus: could not create queue {name}: {exc}") from exc
-        self._created.add(name)
-
     def depth(self, queue: str) -> int:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
-        total = 0
-        for lane in LANES:
-            try:
-                props = self._admin().get_queue_runtime_properties(lane_queue(queue, lane))
-            except ResourceNotFoundError:
-                continue
-            except AzureError as exc:
-                raise servicebus_error(f"could not read the depth of {queue}", exc) from exc
-            total += int(props.active_message_count or 0)
-        return total
+        return self._admin.depth(queue)
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         from azure.servicebus import ServiceBusSubQueue
@@ -342,12 +333,12 @@ class ServiceBusBroker(Broker):
             )
             try:
                 with sub:
-                    out += [
-                        to_dead_letter(m, queue)
-                        for m in sub.peek_messages(max_message_count=limit - len(out))
-                    ]
+                    peeked = sub.peek_messages(max_message_count=limit - len(out))
             except MessagingEntityNotFoundError:
                 continue
+            names = [claim_name(m.application_properties) for m in peeked]
+            bodies = self.claims.resolve(names, [received_body(m) for m in peeked])
+            out += [to_dead_letter(m, queue, body) for m, body in zip(peeked, bodies, strict=True)]
         return out
 
     def close(self) -> None:
@@ -360,27 +351,22 @@ class ServiceBusBroker(Broker):
             handlers = [h for h, _ in (*self._senders.values(), *self._receivers.values())]
             self._senders.clear()
             self._receivers.clear()
-        for closable in (*handlers, self._client, self._admin_client, self._credential):
+        closables: list[Any] = [*handlers, self._client, self._admin, self._credential, self.claims.store]
+        for closable in closables:
             if closable is not None:
                 with contextlib.suppress(Exception):  # best effort: the broker is done
                     closable.close()
 
 
-def servicebus_error(doing: str, exc: Exception) -> NearlineError:
-    """An ``azure-servicebus`` (or ``azure-core``) failure as nearline's error.
+def _added(batch: Any, message: Any) -> bool:
+    """Add ``message`` to ``batch``; False when it does not fit."""
+    from azure.servicebus.exceptions import MessageSizeExceededError
 
-    Only two failures cannot pass by retrying: a message over the queue's size limit and a
-    queue that does not exist. Everything else is a :class:`BrokerError`, including the SDK's
-    non-retryable ``ServiceBusQuotaExceededError`` (a full queue drains) and credential errors
-    (a token endpoint that failed once answers the next time).
-    """
-    from azure.servicebus.exceptions import MessageSizeExceededError, MessagingEntityNotFoundError
-
-    if isinstance(exc, MessageSizeExceededError):
-        return PayloadTooLarge(f"Service Bus: {doing}: a message is over the queue's size limit ({exc})")
-    if isinstance(exc, MessagingEntityNotFoundError):
-        return ConfigError(f"Service Bus: {doing}: no such queue; create it as docs/azure.md says ({exc})")
-    return BrokerError(f"Service Bus: {doing}: {exc}")
+    try:
+        batch.add_message(message)
+    except MessageSizeExceededError:
+        return False
+    return True
 
 
 def _lock_runs_out(lease: _Lease, now: float) -> bool:

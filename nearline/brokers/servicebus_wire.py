@@ -1,8 +1,11 @@
-"""Service Bus wire mapping: URLs, lanes → queues, our messages ↔ Service Bus messages.
+"""Service Bus wire mapping: URLs, lanes → queues, our messages ↔ Service Bus messages, errors.
 
 Pure functions of plain values and of objects with the attributes of ``azure-servicebus``'s
 received messages, so they are tested without a namespace; :mod:`nearline.brokers.servicebus`
 is the broker that uses them.
+
+A claim-checked message (:class:`nearline.claim_check.OutOfLine`) has an empty body and the
+application property ``claim_check``: the name of the blob that holds its body.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from nearline.brokers.base import DeadLetter, Delivery
 from nearline.constants import DEFAULT_LANE, LANES, REQUEST_QUEUE, RESPONSE_QUEUE
-from nearline.errors import ConfigError
+from nearline.errors import BrokerError, ConfigError, NearlineError, PayloadTooLarge
 
 #: Per-lane wait while a receive polls the lanes in priority order: an empty lane costs this much
 #: per round, so keep it near a network round trip (the default suits a worker in the namespace's
@@ -24,6 +27,8 @@ from nearline.errors import ConfigError
 PROBE_S = 0.03
 NAMESPACE_SUFFIX = ".servicebus.windows.net"
 _OPTIONS = {"lanes", "probe_ms", "create_queues"}
+#: The application property naming a claim-checked message's blob.
+CLAIM_PROPERTY = "claim_check"
 
 
 @dataclass(frozen=True)
@@ -80,17 +85,27 @@ def lane_queue(queue: str, lane: str) -> str:
 
 
 def outgoing(
-    queue: str, body: bytes, *, message_id: str, lane: str, ttl_s: float | None, now: float | None = None
+    queue: str,
+    body: bytes,
+    *,
+    message_id: str,
+    lane: str,
+    ttl_s: float | None,
+    now: float | None = None,
+    blob: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of the ``ServiceBusMessage`` for one send (docs/api.md, Wire messages: properties).
 
     A TTL goes to Service Bus rounded *up* to whole seconds (the SDK truncates it to seconds, which
     would turn 0.5 s into "no TTL") and, exactly, as the ``expires_at`` application property
-    (epoch seconds) that receivers check: see :func:`expired`.
+    (epoch seconds) that receivers check: see :func:`expired`. With ``blob`` (the claim check's
+    name for ``body``), the message carries that name instead of the body.
     """
     properties: dict[str, Any] = {"lane": lane}
+    if blob is not None:
+        properties[CLAIM_PROPERTY] = blob
     kwargs: dict[str, Any] = {
-        "body": body,
+        "body": b"" if blob is not None else body,
         "message_id": message_id,
         "correlation_id": message_id,
         "application_properties": properties,
@@ -107,9 +122,22 @@ def outgoing(
 
 def expired(message: Any, now: float) -> bool:
     """True when a received message's ``expires_at`` (see :func:`outgoing`) has passed."""
-    properties = message.application_properties or {}
-    value = properties.get(b"expires_at", properties.get("expires_at"))
+    value = app_property(message.application_properties, "expires_at")
     return isinstance(value, int | float) and value <= now
+
+
+def app_property(properties: Any, name: str) -> Any:
+    """An application property, whose key (and text value) the SDK hands over as bytes and the
+    Functions host as str."""
+    properties = properties or {}
+    value = properties.get(name.encode(), properties.get(name))
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def claim_name(properties: Any) -> str | None:
+    """The blob a claim-checked message's body is in (see :func:`outgoing`); None if it has its body."""
+    value = app_property(properties, CLAIM_PROPERTY)
+    return value if isinstance(value, str) and value else None
 
 
 def delivery_count(message: Any) -> int:
@@ -131,13 +159,14 @@ def received_body(message: Any) -> bytes:
     return b"".join(bytes(section) for section in body)
 
 
-def to_delivery(message: Any, queue: str, lane: str) -> Delivery:
-    """A received message as a :class:`Delivery` of base queue ``queue``."""
+def to_delivery(message: Any, queue: str, lane: str, body: bytes | None = None) -> Delivery:
+    """A received message as a :class:`Delivery` of base queue ``queue`` (with ``body``, when
+    the claim check read it from elsewhere)."""
     enqueued = message.enqueued_time_utc
     return Delivery(
         queue=queue,
         message_id=str(message.message_id or ""),
-        body=received_body(message),
+        body=received_body(message) if body is None else body,
         lane=lane,
         delivery_count=delivery_count(message),
         lease_token=str(message.lock_token),
@@ -145,12 +174,29 @@ def to_delivery(message: Any, queue: str, lane: str) -> Delivery:
     )
 
 
-def to_dead_letter(message: Any, queue: str) -> DeadLetter:
+def to_dead_letter(message: Any, queue: str, body: bytes | None = None) -> DeadLetter:
     """A peeked dead-lettered message as a :class:`DeadLetter` of base queue ``queue``."""
     return DeadLetter(
         queue=queue,
         message_id=str(message.message_id or ""),
-        body=received_body(message),
+        body=received_body(message) if body is None else body,
         reason=str(message.dead_letter_reason or ""),
         delivery_count=delivery_count(message),
     )
+
+
+def servicebus_error(doing: str, exc: Exception) -> NearlineError:
+    """An ``azure-servicebus`` (or ``azure-core``) failure as nearline's error.
+
+    Only two failures cannot pass by retrying: a message over the queue's size limit and a
+    queue that does not exist. Everything else is a :class:`BrokerError`, including the SDK's
+    non-retryable ``ServiceBusQuotaExceededError`` (a full queue drains) and credential errors
+    (a token endpoint that failed once answers the next time).
+    """
+    from azure.servicebus.exceptions import MessageSizeExceededError, MessagingEntityNotFoundError
+
+    if isinstance(exc, MessageSizeExceededError):
+        return PayloadTooLarge(f"Service Bus: {doing}: a message is over the queue's size limit ({exc})")
+    if isinstance(exc, MessagingEntityNotFoundError):
+        return ConfigError(f"Service Bus: {doing}: no such queue; create it as docs/azure.md says ({exc})")
+    return BrokerError(f"Service Bus: {doing}: {exc}")

@@ -4,32 +4,39 @@ Guarantees: everything in :mod:`nearline.brokers.base`, for any number of proces
 threads on one machine sharing the file (not over a network filesystem: SQLite's locks are not
 reliable there). A committed send or settle survives a process crash; see
 :mod:`nearline.sqlite_db` for what survives a power loss (``synchronous=normal`` by default).
+Sends (and dead-letters) are durable commits; leases and settles are not fsynced of their own
+under ``synchronous=full`` (:meth:`nearline.sqlite_db.Database.write` says why that is safe).
 Messages are rows; a lease is ``visible_at`` in the future plus a ``lease_token``; receive leases
 a batch with one ``UPDATE ... RETURNING`` statement, which SQLite runs under its write lock, so
 two receivers (in any process) never lease the same message. Expired messages (``ttl_s``) are
 never delivered and are deleted in passing; one whose TTL passes while it is leased stays with
 its receiver until settled or its lease ends.
 
-URL options (see :mod:`nearline.sqlite_db`): ``poll_ms`` (longest pause between polls while a
-receive waits, default 10), ``busy_timeout_ms``, ``synchronous``. The broker and the status
-store share the file.
+A receive that waits sleeps on its bell (:mod:`nearline.wakeups`): a send or an abandon, in
+this process or in any other on this machine, rings the bells of its queue once committed, so a
+waiting receiver takes the message at once instead of finding it at its next poll. It looks
+at the queue anyway every ``poll_ms`` and when the earliest lease on the queue ends (a message
+whose lease ran out is delivered again without anyone sending it).
+
+URL options (see :mod:`nearline.sqlite_db`): ``wakeups`` (default ``on``), ``poll_ms`` (longest
+pause between looks while a receive waits: 1000 with wake-ups, 10 without),
+``busy_timeout_ms``, ``synchronous``. The broker and the status store share the file.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 
+from nearline import wakeups
 from nearline.brokers.base import Broker, DeadLetter, Delivery, LeaseLost
 from nearline.constants import DEFAULT_LANE, LANES, LEASE_S
 from nearline.sqlite_db import Database, parse_url
 
 _RANK = {lane: rank for rank, lane in enumerate(LANES)}
 
-#: First pause between polls of an empty queue; doubled up to the URL's ``poll_ms``.
+#: First pause between polls of an empty queue without wake-ups; doubled up to ``poll_ms``.
 _POLL_MIN_S = 0.002
 #: Expired messages are deleted at most this often per queue and broker (receive skips them
 #: anyway, and depth does not count them, so this only bounds the table's garbage).
@@ -48,6 +55,7 @@ _READY = """
 SELECT 1 FROM messages
 WHERE queue = ? AND visible_at <= ? AND (expires_at IS NULL OR expires_at > ?) LIMIT 1
 """
+_NEXT_LEASE_END = "SELECT min(visible_at) FROM messages WHERE queue = ? AND visible_at > ?"
 _DEPTH = """
 SELECT (SELECT count(*) FROM messages WHERE queue = ?)
      - (SELECT count(*) FROM messages WHERE queue = ? AND expires_at <= ? AND visible_at <= ?)
@@ -66,28 +74,6 @@ _EXPIRED_ID = (
 )
 
 
-class _Signal:
-    """Wakes this process's waiting receivers on a local send; ``generation`` counts sends."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.generation = 0
-
-    def notify(self) -> None:
-        with self.cond:
-            self.generation += 1
-            self.cond.notify_all()
-
-
-_signals: dict[Path, _Signal] = {}
-_signals_guard = threading.Lock()
-
-
-def _signal(path: Path) -> _Signal:
-    with _signals_guard:
-        return _signals.setdefault(path, _Signal())
-
-
 class SqliteBroker(Broker):
     """Queues in a SQLite file; safe for several processes and threads."""
 
@@ -96,9 +82,11 @@ class SqliteBroker(Broker):
         config = parse_url(url)
         self._db = Database(config)
         self._poll_max_s = max(config.poll_ms / 1000.0, _POLL_MIN_S)
+        self._wakeups = config.wakeups
         # Shared by every broker on this file in this process (an embedded server's API and
-        # workers may each open their own), so a local send wakes a local receiver at once.
-        self._signal = _signal(self._db.path)
+        # lifecycle each open their own).
+        self._bells = wakeups.acquire(self._db.path, self._wakeups)
+        self._released = False
         self._purged: dict[str, float] = {}
 
     def send_many(
@@ -126,7 +114,7 @@ class SqliteBroker(Broker):
                     conn.executemany(_EXPIRED_ID, [(queue, row[1], now, now) for row in rows])
                     conn.executemany(_INSERT, rows)
                 conn.execute("RELEASE send")
-        self._signal.notify()
+        self._bells.ring(queue)
 
     def receive(
         self, queue: str, max_messages: int, wait_s: float, lease_s: float = LEASE_S
@@ -134,10 +122,12 @@ class SqliteBroker(Broker):
         if max_messages < 1:
             return []
         deadline = time.monotonic() + wait_s
-        pause = _POLL_MIN_S
         self._drop_expired(queue)
+        bell = self._bells.bell(queue) if wait_s > 0 else None
+        pause = _POLL_MIN_S
         while True:
-            generation = self._signal.generation
+            if bell is not None:
+                bell.arm()  # before looking: a send committed after the look rings it
             # A read first: an empty poll then never takes the write lock, which would make
             # another process's send wait in SQLite's busy handler (it sleeps 1 ms or more).
             if self._ready(queue):
@@ -145,31 +135,36 @@ class SqliteBroker(Broker):
                 if got:
                     return got
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if bell is None or remaining <= 0:
                 return []
-            # SQLite cannot tell another process that a commit happened, so a receiver polls;
-            # the pause doubles from 2 ms up to poll_ms (see sqlite_db.POLL_MS) so that idle
-            # workers cost little. A send in this process ends the pause at once.
-            with self._signal.cond:
-                if self._signal.generation == generation:
-                    self._signal.cond.wait(min(pause, remaining))
-                woken = self._signal.generation != generation
-            pause = _POLL_MIN_S if woken else min(pause * 2, self._poll_max_s)
+            if bell.cross_process:
+                bell.wait(min(remaining, self._poll_max_s, self._until_lease_ends(queue)))
+            else:
+                # Only this process's sends ring: poll, pausing 2 ms doubling up to poll_ms, so
+                # that idle receivers cost little.
+                woken = bell.wait(min(remaining, pause))
+                pause = _POLL_MIN_S if woken else min(pause * 2, self._poll_max_s)
 
     def _ready(self, queue: str) -> bool:
         now = time.time()
         return bool(self._db.query(_READY, (queue, now, now)))
 
+    def _until_lease_ends(self, queue: str) -> float:
+        """Seconds until the earliest lease on ``queue`` ends (its message is due again)."""
+        [(end,)] = self._db.query(_NEXT_LEASE_END, (queue, time.time()))
+        return float("inf") if end is None else max(end - time.time(), 0.0)
+
     def _drop_expired(self, queue: str) -> None:
         now = time.time()
         if now - self._purged.get(queue, 0.0) >= _PURGE_EVERY_S:
             self._purged[queue] = now
-            self._db.execute_write(_EXPIRED, (queue, now, now))
+            self._db.execute_write(_EXPIRED, (queue, now, now), durable=False)
 
     def _lease(self, queue: str, max_messages: int, lease_s: float) -> list[Delivery]:
         now = time.time()
         token = uuid.uuid4().hex
-        _, rows = self._db.execute_write(_LEASE, (now + lease_s, token, queue, now, now, max_messages))
+        args = (now + lease_s, token, queue, now, now, max_messages)
+        _, rows = self._db.execute_write(_LEASE, args, durable=False)
         rows.sort(key=lambda r: (r[3], r[0]))  # RETURNING has no ORDER BY
         return [
             Delivery(queue, mid, body, LANES[lane], count, token, at)
@@ -177,24 +172,24 @@ class SqliteBroker(Broker):
         ]
 
     def complete(self, delivery: Delivery) -> None:
-        count, _ = self._db.execute_write(_COMPLETE, _held_args(delivery, time.time()))
+        count, _ = self._db.execute_write(_COMPLETE, _held_args(delivery, time.time()), durable=False)
         if count != 1:
             raise _lost(delivery)
 
     def complete_many(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         lost = []
         now = time.time()
-        with self._db.write() as conn:
+        with self._db.write(durable=False) as conn:
             for d in deliveries:
                 if conn.execute(_COMPLETE, _held_args(d, now)).rowcount != 1:
                     lost.append(d)
         return lost
 
     def abandon(self, delivery: Delivery) -> None:
-        count, _ = self._db.execute_write(_ABANDON, _held_args(delivery, time.time()))
+        count, _ = self._db.execute_write(_ABANDON, _held_args(delivery, time.time()), durable=False)
         if count != 1:
             raise _lost(delivery)
-        self._signal.notify()
+        self._bells.ring(delivery.queue)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         now = time.time()
@@ -227,6 +222,9 @@ class SqliteBroker(Broker):
         return [DeadLetter(queue, mid, body, reason, count) for mid, body, reason, count in rows]
 
     def close(self) -> None:
+        if not self._released:
+            self._released = True
+            wakeups.release(self._db.path, self._wakeups)
         self._db.close()
 
 

@@ -88,7 +88,8 @@ class Client:
             idempotency_key: The same key (per pipeline) returns the same job.
             priority: ``high``, ``normal`` or ``low``.
             timeout_s: The job's deadline in seconds from now (server default 60).
-            callback_url: Where the server may POST the result.
+            callback_url: Where the server POSTs the job's signed event when it ends
+                (docs/webhooks.md; the receiver checks it with ``nearline.webhooks.verify``).
             wait: Seconds (0..30) the server may hold the request; a job that ends within them
                 comes back with its status document (``job.document``) and ``result()`` needs
                 no further request.

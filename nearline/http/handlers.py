@@ -19,7 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nearline import __version__
 from nearline.constants import RETRY_AFTER_S
-from nearline.errors import NearlineError, Overloaded, Unauthorized, http_error
+from nearline.errors import NearlineError, Overloaded, PageNotFound, Unauthorized, http_error
+from nearline.http import pages
 from nearline.http.metrics import ApiMetrics
 from nearline.http.openapi import openapi_document
 from nearline.idempotency import caller_scope
@@ -55,6 +56,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/health", "health", auth=False),
     Route("GET", "/api/openapi.json", "openapi"),
     Route("GET", "/metrics", "metrics"),
+    # Pages for people (nearline/http/pages.py): static, so anonymous like health.
+    Route("GET", "/", "home", auth=False),
+    Route("GET", "/docs", "docs", auth=False),
+    Route("GET", "/docs/{asset}", "docs_asset", auth=False),
 )
 
 
@@ -99,6 +104,9 @@ class Handlers:
         metrics: Where requests are counted; None: not counted.
         health: What the server adds to ``GET /api/health``, e.g. ``{"status": "degraded",
             "reason": ...}`` while a worker it runs is down (``nearline serve``).
+        shed: Where refused submissions are logged; pass one that outlives this object where
+            handlers are made per request (Azure), so the log stays one line per interval.
+        page_prefix: Where the host mounts the pages (``/`` and ``/docs``): Azure's ``/api``.
     """
 
     def __init__(
@@ -108,13 +116,16 @@ class Handlers:
         api_keys: tuple[str, ...] = (),
         metrics: ApiMetrics | None = None,
         health: Callable[[], Mapping[str, Any]] | None = None,
+        shed: ShedLog | None = None,
+        page_prefix: str = "",
     ) -> None:
         self.jobs = jobs
         self.api_keys = api_keys
         self.api_metrics = metrics
         self.server_health = health
         self._routes = {r.name: r for r in ROUTES}
-        self._shed = ShedLog()
+        self._shed = shed if shed is not None else ShedLog()
+        self.page_prefix = page_prefix
 
     async def handle(self, name: str, request: Request) -> Response:
         """Answer ``request`` on route ``name``: errors become their responses, never raise."""
@@ -144,6 +155,7 @@ class Handlers:
     # -- jobs -----------------------------------------------------------------------------
 
     async def score(self, request: Request) -> Response:
+        started = time.time()
         pipeline = request.params.get("pipeline", "")
         wait = parse_wait(request.query.get("wait"))
         assert request.read_body is not None, "the adapter must pass read_body on score"
@@ -152,10 +164,15 @@ class Handlers:
         # in authorize; on Azure the function key the host checked).
         caller = request.headers.get("x-functions-key") or request.query.get("code")
         job, created = await self.jobs.submit(
-            pipeline, body, request.headers.get("idempotency-key"), scope=caller_scope(caller)
+            pipeline,
+            body,
+            request.headers.get("idempotency-key"),
+            scope=caller_scope(caller),
+            base_url=request.base_url,
         )
         if created and self.api_metrics is not None:
             self.api_metrics.submitted.labels(pipeline).inc()
+            self.api_metrics.hops.submitted(job, started)
         if wait is not None:
             job = job if job.status.terminal else await self._current(job.id, wait)
             if job.status.terminal:
@@ -202,19 +219,41 @@ class Handlers:
             200, content=generate_latest(self.api_metrics.registry), media_type=CONTENT_TYPE_LATEST
         )
 
+    # -- pages for people (nearline/http/pages.py) ------------------------------------------
+
+    async def home(self, request: Request) -> Response:
+        page = pages.home_page(
+            self.page_prefix, metrics=self.api_metrics is not None, dashboard="dashboard" in self._routes
+        )
+        return Response(200, content=page.content, media_type=page.media_type, headers=page.headers)
+
+    async def docs(self, request: Request) -> Response:
+        page = pages.docs_page()
+        return Response(200, content=page.content, media_type=page.media_type, headers=page.headers)
+
+    async def docs_asset(self, request: Request) -> Response:
+        name = request.params.get("asset", "")
+        page = pages.asset(name)
+        if page is None:
+            raise PageNotFound(f"no file {name[:100]!r} in /docs")
+        return Response(200, content=page.content, media_type=page.media_type, headers=page.headers)
+
     # -- helpers --------------------------------------------------------------------------
 
     async def _current(self, job_id: str, wait: float | None) -> JobRecord:
         """The job as it is now, or, with ``wait``, once it ends or the wait runs out."""
         if not wait:
             return await self.jobs.get(job_id)
-        if self.api_metrics is not None:
-            self.api_metrics.waiting.inc()
-        try:
+        if self.api_metrics is None:
             return await self.jobs.wait(job_id, wait)
+        started = time.time()
+        self.api_metrics.waiting.inc()
+        try:
+            job = await self.jobs.wait(job_id, wait)
         finally:
-            if self.api_metrics is not None:
-                self.api_metrics.waiting.dec()
+            self.api_metrics.waiting.dec()
+        self.api_metrics.hops.answered(job, started)
+        return job
 
     def _urls(self, request: Request, job_id: str) -> dict[str, str]:
         return job_urls(request.base_url, job_id, request.query.get("code"))

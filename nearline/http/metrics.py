@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from nearline.hops import HopTimes
+
 
 class ApiMetrics:
     """One registry per app, so several apps in one process (tests) never collide."""
@@ -20,3 +22,5 @@ class ApiMetrics:
         self.shed = Counter(
             "nearline_api_shed", "Submissions refused because the queue was full", ["pipeline"], registry=r
         )
+        #: Each hop of a job's way (nearline/hops.py); the lifecycle of ``nearline serve`` counts here too.
+        self.hops = HopTimes(r)

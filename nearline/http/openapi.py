@@ -13,7 +13,7 @@ from nearline import __version__
 from nearline.constants import LANES, MAX_TIMEOUT_S, MAX_WAIT_S
 
 if TYPE_CHECKING:
-    from nearline.pipelines.spec import Catalog
+    from nearline.pipelines.spec import Catalog, Pipeline
 
 _ERROR = {
     "type": "object",
@@ -74,7 +74,9 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): _json(_ERROR, "error") for c in codes}
 
 
-def _score_operation(name: str, description: str, input_schema: dict[str, Any]) -> dict[str, Any]:
+def _score_operation(
+    name: str, description: str, input_schema: dict[str, Any], examples: tuple[Any, ...] = ()
+) -> dict[str, Any]:
     body = {
         "type": "object",
         "required": ["input"],
@@ -99,7 +101,7 @@ def _score_operation(name: str, description: str, input_schema: dict[str, Any]) 
                     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                 },
             ],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "requestBody": {"required": True, "content": {"application/json": _body(body, examples)}},
             "responses": {
                 "200": _json(_STATUS, "the job ended within the wait"),
                 "202": _json(_ACCEPTED, "accepted; poll statusQueryGetUri"),
@@ -109,10 +111,32 @@ def _score_operation(name: str, description: str, input_schema: dict[str, Any]) 
     }
 
 
+def _body(schema: dict[str, Any], examples: tuple[Any, ...]) -> dict[str, Any]:
+    """The request body's media type: the pipeline's examples as whole bodies, so that "Try it
+    out" starts from a request that scores (not one generated from the schema, with a
+    ``callback_url`` to example.com)."""
+    content: dict[str, Any] = {"schema": schema}
+    if examples:
+        content["examples"] = {
+            f"example{i + 1}": {"summary": f"example {i + 1}", "value": {"input": copy.deepcopy(e)}}
+            for i, e in enumerate(examples)
+        }
+    return content
+
+
+def _examples(pipeline: Pipeline) -> tuple[Any, ...]:
+    """The pipeline's examples, else a sample built from its input schema, else none."""
+    from nearline.pipelines.samples import sample_input
+
+    sample = sample_input(pipeline)
+    return pipeline.examples or (() if sample is None else (sample,))
+
+
 def openapi_document(catalog: Catalog, server_url: str) -> dict[str, Any]:
     """OpenAPI 3.1 for the routes of docs/api.md (Routes), with one score path per pipeline."""
     paths: dict[str, Any] = {
-        f"/api/score/{p.name}": _score_operation(p.name, p.description, p.input_schema) for p in catalog
+        f"/api/score/{p.name}": _score_operation(p.name, p.description, p.input_schema, _examples(p))
+        for p in catalog
     }
     paths["/api/jobs/{id}"] = {
         "get": {

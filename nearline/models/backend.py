@@ -8,14 +8,20 @@ Backends:
 
 * ``torch``  — :mod:`nearline.models.torch_backend`: TorchScript in this process (CUDA when
   available, else CPU).
+* ``onnx``   — :mod:`nearline.models.onnx_backend`: ONNX models in this process with ONNX
+  Runtime (its session options: :class:`OnnxOptions`, from the worker's settings).
 * ``triton`` — :mod:`nearline.models.triton_backend`: a Triton server serving the same
   repository; needs ``triton_url`` (``--triton-url`` / ``NEARLINE_TRITON_URL``).
+
+A model step that names no backend gets the one its config's platform names
+(:data:`PLATFORM_BACKENDS`): ``pytorch_libtorch`` → ``torch``, ``onnxruntime_onnx`` → ``onnx``.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from nearline.errors import ConfigError
@@ -26,7 +32,25 @@ if TYPE_CHECKING:
     from nearline.models.repository import ModelRepository
 
 #: Backend names a pipeline step or ``--model-backend`` may use.
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "onnx", "triton")
+#: The in-process backend of each model platform (config.pbtxt ``platform``), for a model step
+#: that names none.
+PLATFORM_BACKENDS = {"pytorch_libtorch": "torch", "onnxruntime_onnx": "onnx"}
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """ONNX Runtime session options (``NEARLINE_ONNX_*``; see :mod:`nearline.settings`).
+
+    Attributes:
+        intra_op_threads: Threads one operator may use; 0: ONNX Runtime's default (one per
+            physical core). ``nearline serve`` gives each worker its share of the cores.
+        providers: Execution providers in order of preference; empty: CUDA where ONNX Runtime
+            has it, else CPU.
+    """
+
+    intra_op_threads: int = 0
+    providers: tuple[str, ...] = ()
 
 
 class ModelBackend(Protocol):
@@ -60,15 +84,21 @@ class ModelBackend(Protocol):
 
 
 def open_backend(
-    kind: str, repository: ModelRepository, triton_url: str | None = None, *, device: str | None = None
+    kind: str,
+    repository: ModelRepository,
+    triton_url: str | None = None,
+    *,
+    device: str | None = None,
+    onnx: OnnxOptions | None = None,
 ) -> ModelBackend:
     """Open the model backend named ``kind``.
 
     Args:
-        kind: ``"torch"`` or ``"triton"``.
+        kind: ``"torch"``, ``"onnx"`` or ``"triton"``.
         repository: The model repository the backend serves (configs are read from it).
         triton_url: The Triton server's URL; required for ``triton``.
         device: torch only: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available.
+        onnx: onnx only: the session options (default :class:`OnnxOptions`).
 
     Raises:
         ConfigError: Unknown kind, a missing ``triton_url``, or a backend not installed.
@@ -77,6 +107,14 @@ def open_backend(
         from nearline.models.torch_backend import TorchBackend
 
         return TorchBackend(repository, device=device)
+    if kind == "onnx":
+        try:
+            from nearline.models.onnx_backend import OnnxBackend
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"model backend 'onnx' is not available: {exc} (install requirements-worker.txt)"
+            ) from None
+        return OnnxBackend(repository, onnx or OnnxOptions())
     if kind == "triton":
         if not triton_url:
             raise ConfigError(

@@ -1,17 +1,20 @@
 """The model repository: Triton's layout, read with Triton's own model-config proto.
 
-Layout (the folder a Triton server loads with its PyTorch backend, and the folder the in-process
-torch backend loads)::
+Layout (the folder a Triton server loads with its PyTorch and ONNX Runtime backends, and the
+folder the in-process torch and onnx backends load)::
 
     <root>/<model>/config.pbtxt          # protobuf text of inference.ModelConfig
-    <root>/<model>/<version>/model.pt    # TorchScript, version a positive integer
+    <root>/<model>/<version>/model.pt    # TorchScript (or model.onnx), version a positive integer
     <root>/<model>/labels.txt            # optional: an output's ``label_filename``
 
 Configs are parsed with :mod:`google.protobuf.text_format` into
 ``tritonclient.grpc.model_config_pb2.ModelConfig`` (no hand parser), then checked for what the
-PyTorch backend and our runner need: ``platform: "pytorch_libtorch"`` (or ``backend:
-"pytorch"``), ``max_batch_size > 0`` (dims exclude the batch dimension), and inputs and outputs
-named ``INPUT__<i>`` / ``OUTPUT__<i>`` in index order (TorchScript passes tensors by position).
+backends and our runner need: ``platform`` one of :data:`MODEL_FILES` (or the matching
+``backend``), ``max_batch_size > 0`` (dims exclude the batch dimension), and, for TorchScript,
+inputs and outputs named ``INPUT__<i>`` / ``OUTPUT__<i>`` in index order (TorchScript passes
+tensors by position; ONNX models keep their own names, which Triton matches by name). A tensor
+with a ``reshape`` (Triton's way to give a model a tensor of shape ``[batch]``: ``dims: [1]``,
+``reshape: {shape: []}``) is exchanged in its reshaped form.
 A missing or garbled config raises :class:`~nearline.errors.ConfigError` naming the file.
 This module imports no torch: API processes may read configs.
 """
@@ -29,6 +32,10 @@ from nearline.errors import ConfigError
 
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.pt"
+#: Each platform this project runs, and its model file's default name (as Triton has them).
+MODEL_FILES = {"pytorch_libtorch": MODEL_FILE, "onnxruntime_onnx": "model.onnx"}
+#: Triton's ``backend`` names of those platforms (a config may give either).
+_BACKEND_PLATFORMS = {"pytorch": "pytorch_libtorch", "onnxruntime": "onnxruntime_onnx"}
 
 #: Triton data types the examples use, and the numpy dtype each is exchanged as.
 DTYPES = {
@@ -69,6 +76,13 @@ class ModelSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     config: pb.ModelConfig = field(repr=False, compare=False)
+    platform: str = "pytorch_libtorch"
+
+    @property
+    def model_filename(self) -> str:
+        """The file each version folder holds: the config's ``default_model_filename``, else the
+        platform's (``model.pt``, ``model.onnx``)."""
+        return self.config.default_model_filename or MODEL_FILES[self.platform]
 
 
 class ModelRepository:
@@ -105,18 +119,23 @@ class ModelRepository:
     def versions(self, name: str) -> list[int]:
         """The versions of ``name`` that hold a model file, ascending."""
         folder = self.root / name
+        try:
+            files = {self.model(name).model_filename}
+        except ConfigError:  # listed in a message about the config: any model file counts
+            files = set(MODEL_FILES.values())
         return sorted(
-            int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / MODEL_FILE).is_file()
+            int(p.name)
+            for p in folder.iterdir()
+            if p.name.isdigit() and any((p / f).is_file() for f in files)
         )
 
     def model_file(self, name: str, version: int) -> Path:
-        """The TorchScript file of ``name`` at ``version``.
+        """The model file (TorchScript, ONNX) of ``name`` at ``version``.
 
         Raises:
             ConfigError: The model or that version of it is not in the repository.
         """
-        self.model(name)
-        path = self.root / name / str(version) / MODEL_FILE
+        path = self.root / name / str(version) / self.model(name).model_filename
         if not path.is_file():
             raise ConfigError(f"model '{name}' version {version}: {path} does not exist")
         return path
@@ -153,8 +172,8 @@ def read_config(path: Path) -> ModelSpec:
     """Parse and check one config.pbtxt.
 
     Raises:
-        ConfigError: The file is missing, not valid ModelConfig text, or not a PyTorch-backend
-            config this project can run; the message names the file and the field.
+        ConfigError: The file is missing, not valid ModelConfig text, or not a config this
+            project can run; the message names the file and the field.
     """
     try:
         text = path.read_text()
@@ -168,30 +187,38 @@ def read_config(path: Path) -> ModelSpec:
     name = path.parent.name
     if config.name and config.name != name:
         raise ConfigError(f"{path}: name {config.name!r} differs from its folder {name!r}")
-    if config.platform != "pytorch_libtorch" and config.backend != "pytorch":
-        raise ConfigError(f'{path}: platform must be "pytorch_libtorch" (or backend "pytorch")')
+    platform = config.platform or _BACKEND_PLATFORMS.get(config.backend, "")
+    if platform not in MODEL_FILES:
+        raise ConfigError(
+            f"{path}: platform must be one of {', '.join(map(repr, MODEL_FILES))} "
+            f"(or backend {' or '.join(map(repr, _BACKEND_PLATFORMS))})"
+        )
     if config.max_batch_size <= 0:
         raise ConfigError(f"{path}: max_batch_size must be > 0 (the batch dimension is dimension 0)")
+    positional = platform == "pytorch_libtorch"
     return ModelSpec(
         name=name,
         path=path,
         max_batch_size=config.max_batch_size,
-        inputs=_tensors(path, "input", config.input),
-        outputs=_tensors(path, "output", config.output),
+        inputs=_tensors(path, "input", config.input, positional),
+        outputs=_tensors(path, "output", config.output, positional),
         config=config,
+        platform=platform,
     )
 
 
 def _tensors(
-    path: Path, kind: str, tensors: list[pb.ModelInput] | list[pb.ModelOutput]
+    path: Path, kind: str, tensors: list[pb.ModelInput] | list[pb.ModelOutput], positional: bool
 ) -> tuple[TensorSpec, ...]:
     if not tensors:
         raise ConfigError(f"{path}: at least one {kind} is required")
     specs = []
     for i, t in enumerate(tensors):
         match = _TENSOR_NAME.match(t.name)
-        if match is None or int(match.group(1)) != i:
+        if positional and (match is None or int(match.group(1)) != i):
             raise ConfigError(f"{path}: {kind} {i} is named {t.name!r}; expected {kind.upper()}__{i}")
+        if not t.name:
+            raise ConfigError(f"{path}: {kind} {i} has no name")
         dtype = DTYPES.get(t.data_type)
         if dtype is None:
             raise ConfigError(
@@ -199,7 +226,8 @@ def _tensors(
             )
         if not t.dims:
             raise ConfigError(f"{path}: {kind} {t.name}: dims are required")
-        specs.append(TensorSpec(t.name, dtype, tuple(t.dims), getattr(t, "label_filename", "")))
+        dims = tuple(t.reshape.shape) if t.HasField("reshape") else tuple(t.dims)
+        specs.append(TensorSpec(t.name, dtype, dims, getattr(t, "label_filename", "")))
     return tuple(specs)
 
 

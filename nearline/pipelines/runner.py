@@ -46,8 +46,9 @@ from nearline.errors import (
     RequestError,
     StepError,
 )
-from nearline.models.backend import BACKENDS, ModelBackend, open_backend
+from nearline.models.backend import BACKENDS, PLATFORM_BACKENDS, ModelBackend, OnnxOptions, open_backend
 from nearline.models.repository import ModelRepository, ModelSpec
+from nearline.pipelines.files import importable
 from nearline.pipelines.spec import Catalog, FunctionStep, ModelStep, Pipeline
 
 log = logging.getLogger("nearline.pipelines")
@@ -218,6 +219,7 @@ class PipelineRunner:
         backend: When given, the backend of every model step (overrides the steps' ``backend``).
         triton_url: The Triton server's URL, for ``triton`` model steps.
         device: torch device for the torch backend (default CUDA when available, else CPU).
+        onnx: Session options for the onnx backend.
 
     Raises:
         ConfigError: A function cannot be imported, a factory fails, or models are missing from
@@ -232,11 +234,13 @@ class PipelineRunner:
         backend: str | None = None,
         triton_url: str | None = None,
         device: str | None = None,
+        onnx: OnnxOptions | None = None,
     ) -> None:
         if backend is not None and backend not in BACKENDS:
             raise ConfigError(f"unknown model backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         self.catalog, self.repository = catalog, repository
         self._override, self._triton_url, self._device = backend, triton_url, device
+        self._onnx = onnx
         self._backends: dict[str, ModelBackend] = {}
         self._missing: list[str] = []
         self._plans = {p.name: self._plan(p) for p in catalog}
@@ -292,10 +296,12 @@ class PipelineRunner:
 
     def _where(self, pipeline: str, n: int, step: str) -> str:
         """How a message names step ``n`` of ``pipeline``: file, pipeline, step."""
-        return f"{self.catalog.path or 'pipelines'}: pipeline '{pipeline}': step {n} ({step})"
+        source = self.catalog.get(pipeline).source or self.catalog.path or "pipelines"
+        return f"{source}: pipeline '{pipeline}': step {n} ({step})"
 
     def _plan(self, pipeline: Pipeline) -> list[_FunctionCall | _ModelCall]:
         plan: list[_FunctionCall | _ModelCall] = []
+        importable(pipeline.source)  # its steps load from its project folder, whatever the cwd
         for n, step in enumerate(pipeline.deployment.steps, 1):
             here = self._where(pipeline.name, n, step.name)
             if isinstance(step, FunctionStep):
@@ -305,10 +311,12 @@ class PipelineRunner:
                 spec = self.repository.model(step.model)
                 self.repository.model_file(step.model, step.version)
             except ConfigError as exc:
-                self._missing.append(f"{here}: {exc.message}")
+                absent = not (self.repository.root / step.model).is_dir()
+                self._missing.append(f"{here}: " + (f"no model '{step.model}'" if absent else exc.message))
                 continue
             _check_tensors(here, step, spec)
-            plan.append(_ModelCall(step, spec, self._backend(self._override or step.backend)))
+            kind = self._override or step.backend or PLATFORM_BACKENDS[spec.platform]
+            plan.append(_ModelCall(step, spec, self._backend(kind)))
         return plan
 
     def _function(self, where: str, step: FunctionStep) -> Callable[[Any], Any]:
@@ -335,7 +343,9 @@ class PipelineRunner:
 
     def _backend(self, kind: str) -> ModelBackend:
         if kind not in self._backends:
-            self._backends[kind] = open_backend(kind, self.repository, self._triton_url, device=self._device)
+            self._backends[kind] = open_backend(
+                kind, self.repository, self._triton_url, device=self._device, onnx=self._onnx
+            )
         return self._backends[kind]
 
 

@@ -9,6 +9,7 @@ Functions app load it to validate inputs; only workers build a
       digits:                        # the endpoint name a client calls
         description: ...
         input_schema: {...}          # JSON Schema (Draft 2020-12) of the job input
+        examples: [{...}]            # optional sample inputs (nearline check runs them)
         deployment:                  # the steps that serve the endpoint
           name: v1
           steps:
@@ -19,14 +20,16 @@ Functions app load it to validate inputs; only workers build a
 A bad file raises :class:`~nearline.errors.ConfigError` whose message names the file, the
 pipeline, the step and the field, e.g. ``pipelines.yaml: pipeline 'topics': step 2 (embed):
 'model' is required``. A key given twice in a mapping is an error too (plain YAML keeps the last).
+Several files (or folders of them, :mod:`nearline.pipelines.files`) load as one catalog; a
+pipeline defined in two of them is an error naming both.
 """
 
 from __future__ import annotations
 
 import re
 import reprlib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +39,13 @@ from jsonschema.exceptions import best_match
 
 from nearline.errors import ConfigError, InvalidInput, UnknownPipeline
 from nearline.models.backend import BACKENDS
+from nearline.pipelines.files import Paths, pipeline_files
 
 #: Pipeline names are URL path segments (``/api/score/{pipeline}``): keep them plain.
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 #: A function step's target: ``package.module:attribute``.
 TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_PIPELINE_FIELDS = {"description", "input_schema", "deployment"}
+_PIPELINE_FIELDS = {"description", "input_schema", "examples", "deployment"}
 _FUNCTION_FIELDS = {"name", "function", "factory", "batch", "args"}
 _MODEL_FIELDS = {"name", "model", "version", "backend", "inputs", "outputs"}
 _MAX_MESSAGE = 300  # an InvalidInput message is cut to this length
@@ -77,7 +81,8 @@ class ModelStep:
         name: Step name.
         model: Model name in the repository.
         version: Model version.
-        backend: ``torch`` or ``triton`` (a runner's ``backend`` overrides it).
+        backend: ``torch``, ``onnx`` or ``triton``; None: the one the model's config names
+            (``platform``). A runner's ``backend`` overrides it.
         inputs: Config input name → item key it is read from (default: the same name).
         outputs: Config output name → item key it is written to (default: the same name).
     """
@@ -85,7 +90,7 @@ class ModelStep:
     name: str
     model: str
     version: int
-    backend: str = "torch"
+    backend: str | None = None
     inputs: Mapping[str, str] = field(default_factory=dict)
     outputs: Mapping[str, str] = field(default_factory=dict)
 
@@ -103,12 +108,18 @@ class Deployment:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """An endpoint a client calls: its name, input schema and the deployment that serves it."""
+    """An endpoint a client calls: its name, input schema and the deployment that serves it.
+
+    ``examples`` are sample inputs, each valid against the schema (``nearline check`` runs them,
+    the OpenAPI document shows them); ``source`` is the file it was loaded from.
+    """
 
     name: str
     description: str
     input_schema: dict[str, Any]
     deployment: Deployment
+    examples: tuple[Any, ...] = ()
+    source: Path | None = field(default=None, compare=False)
     _validator: jsonschema.protocols.Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -134,15 +145,19 @@ class Pipeline:
 
 
 class Catalog:
-    """The pipelines of one file, by name.
+    """The pipelines of one or more files, by name.
 
     Args:
         pipelines: The pipelines.
-        path: The file they were loaded from (for messages).
+        path: The (first) file they were loaded from (for messages).
+        sources: Every file they were loaded from, in order.
     """
 
-    def __init__(self, pipelines: list[Pipeline], path: Path | None = None) -> None:
+    def __init__(
+        self, pipelines: list[Pipeline], path: Path | None = None, sources: Sequence[Path] = ()
+    ) -> None:
         self.path = path
+        self.sources = tuple(sources) or ((path,) if path is not None else ())
         self._pipelines = {p.name: p for p in pipelines}
 
     def names(self) -> list[str]:
@@ -181,14 +196,28 @@ class Catalog:
         return len(self._pipelines)
 
 
-def load_pipelines(path: str | Path) -> Catalog:
-    """Load and check a pipelines file.
+def load_pipelines(paths: Paths = ()) -> Catalog:
+    """Load and check pipelines files: one, several, folders of them, or (none) the default
+    (:func:`nearline.pipelines.files.pipeline_files`).
 
     Raises:
-        ConfigError: The file is missing, not YAML, or a pipeline in it is malformed; the
-            message names the file, the pipeline and the field.
+        ConfigError: A file is missing, not YAML, or a pipeline in it is malformed (the message
+            names the file, the pipeline and the field); or two files define the same pipeline
+            (the message names both).
     """
-    path = Path(path)
+    files = pipeline_files(paths)
+    merged: dict[str, Pipeline] = {}
+    for path in files:
+        for pipeline in _load_file(path):
+            first = merged.setdefault(pipeline.name, pipeline)
+            if first is not pipeline:
+                raise ConfigError(
+                    f"pipeline '{pipeline.name}' is defined twice: in {first.source} and in {path}"
+                )
+    return Catalog(list(merged.values()), files[0], files)
+
+
+def _load_file(path: Path) -> list[Pipeline]:
     try:
         doc = yaml.load(path.read_text(), Loader=_StrictLoader)  # a SafeLoader: no objects
     except OSError as exc:
@@ -200,9 +229,7 @@ def load_pipelines(path: str | Path) -> Catalog:
     entries = doc["pipelines"]
     if not isinstance(entries, dict) or not entries:
         raise ConfigError(f"{path}: 'pipelines' must be a non-empty mapping of name to pipeline")
-    return Catalog(
-        [_pipeline(f"{path}: pipeline '{name}'", name, spec) for name, spec in entries.items()], path
-    )
+    return [_pipeline(f"{path}: pipeline '{name}'", name, spec, path) for name, spec in entries.items()]
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -220,12 +247,12 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _pipeline(where: str, name: Any, spec: Any) -> Pipeline:
+def _pipeline(where: str, name: Any, spec: Any, source: Path) -> Pipeline:
     if not isinstance(name, str) or not NAME.match(name):
         raise ConfigError(f"{where}: the name must match {NAME.pattern} (it is a URL segment)")
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: must be a mapping")
-    _check_fields(where, spec, _PIPELINE_FIELDS, required=_PIPELINE_FIELDS - {"description"})
+    _check_fields(where, spec, _PIPELINE_FIELDS, required={"input_schema", "deployment"})
     description = spec.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{where}: 'description' must be a string")
@@ -236,7 +263,20 @@ def _pipeline(where: str, name: Any, spec: Any) -> Pipeline:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ConfigError(f"{where}: 'input_schema' is not a valid JSON Schema: {exc.message}") from None
-    return Pipeline(name, description, schema, _deployment(where, spec["deployment"]))
+    pipeline = Pipeline(name, description, schema, _deployment(where, spec["deployment"]), source=source)
+    return replace(pipeline, examples=_examples(where, pipeline, spec.get("examples", [])))
+
+
+def _examples(where: str, pipeline: Pipeline, examples: Any) -> tuple[Any, ...]:
+    """The pipeline's sample inputs, each checked against its input schema."""
+    if not isinstance(examples, list):
+        raise ConfigError(f"{where}: 'examples' must be a list of sample inputs")
+    for i, example in enumerate(examples):
+        try:
+            pipeline.validate(example)
+        except InvalidInput as exc:
+            raise ConfigError(f"{where}: examples[{i}] fails the input schema: {exc.message}") from None
+    return tuple(examples)
 
 
 def _deployment(pipeline: str, spec: Any) -> Deployment:
@@ -293,12 +333,12 @@ def _function_step(where: str, spec: dict[str, Any]) -> FunctionStep:
 
 def _model_step(where: str, spec: dict[str, Any]) -> ModelStep:
     _check_fields(where, spec, _MODEL_FIELDS, required={"name", "model", "version"})
-    model, version, backend = spec["model"], spec["version"], spec.get("backend", "torch")
+    model, version, backend = spec["model"], spec["version"], spec.get("backend")
     if not isinstance(model, str) or not model:
         raise ConfigError(f"{where}: 'model' must be a model name")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ConfigError(f"{where}: 'version' must be a positive integer")
-    if backend not in BACKENDS:
+    if backend is not None and backend not in BACKENDS:
         raise ConfigError(f"{where}: 'backend' must be one of {', '.join(BACKENDS)}")
     names = [_names(where, key, spec.get(key, {})) for key in ("inputs", "outputs")]
     return ModelStep(_name(where, spec), model, version, backend, *names)

@@ -10,18 +10,44 @@ Guarantees every backend gives (checked by ``tests/test_store.py`` on each):
   ``finish`` only moves a non-terminal job to a terminal state and returns False otherwise,
   so a job never has two different results.
 * Every terminal transition made through this store notifies :attr:`waiters` and the
-  :meth:`on_finish` listeners (the local lifecycle posts callbacks from there, so a job ended by
-  a result, a deadline or a terminate request is announced the same way).
+  :meth:`on_finish` listeners (the local lifecycle wakes its callback dispatcher from there).
+* The outbox: ``finish`` of a job with a ``callback_url`` writes its :class:`CallbackDelivery`
+  in the same transaction (and sets ``customStatus.callback`` to Pending), so a job's end and
+  its callback are never one without the other, whatever process dies when. ``claim_deliveries``
+  leases due deliveries, so that dispatchers of several replicas never make the same attempt at
+  once; ``settle_delivery`` (with the claim's token) reschedules one or ends it, and records its
+  state in the job's ``customStatus.callback``. A delivery whose job record is gone is
+  abandoned by the dispatcher.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from nearline.jobs import JobRecord, JobStatus
 from nearline.waiters import Waiters
+
+
+@dataclass(frozen=True)
+class CallbackDelivery:
+    """A claimed entry of the outbox: one callback of one ended job.
+
+    Attributes:
+        job_id: The job (one delivery per job: a job ends once).
+        url: Its ``callback_url``.
+        created: When the job ended; the delivery's age counts from here.
+        attempts: Attempts settled so far.
+        token: The claim's; :meth:`StatusStore.settle_delivery` needs it.
+    """
+
+    job_id: str
+    url: str
+    created: float
+    attempts: int
+    token: str
 
 
 class StatusStore(abc.ABC):
@@ -72,6 +98,14 @@ class StatusStore(abc.ABC):
     def finish(self, job_id: str, status: JobStatus, output: Any, now: float) -> bool:
         """Move a non-terminal job to terminal ``status``; False if absent or already terminal."""
 
+    def finish_many(self, ends: Sequence[tuple[str, JobStatus, Any]], now: float) -> list[bool]:
+        """:meth:`finish` each ``(job_id, status, output)``; each one's answer, in order.
+
+        The lifecycle ends a received batch of results with one call; a backend that can do
+        it in one transaction (or round trip) overrides this.
+        """
+        return [self.finish(job_id, status, output, now) for job_id, status, output in ends]
+
     @abc.abstractmethod
     def delete(self, job_id: str) -> bool:
         """Purge one record; False if there was none."""
@@ -83,6 +117,25 @@ class StatusStore(abc.ABC):
     @abc.abstractmethod
     def purge_terminal(self, updated_before: float) -> int:
         """Delete terminal records last updated before ``updated_before``; how many."""
+
+    @abc.abstractmethod
+    def claim_deliveries(self, now: float, lease_s: float, limit: int) -> list[CallbackDelivery]:
+        """Lease up to ``limit`` deliveries due at ``now`` (oldest due first) for ``lease_s``.
+
+        A leased delivery is not due again until its lease ends: a dispatcher that dies while
+        sending leaves it to be claimed again then.
+        """
+
+    @abc.abstractmethod
+    def settle_delivery(
+        self, delivery: CallbackDelivery, callback: dict[str, Any], next_due: float | None
+    ) -> bool:
+        """End an attempt: due again at ``next_due``, or out of the outbox when None.
+
+        Sets the job's ``custom_status`` to ``{"callback": callback}`` and the delivery's
+        attempts to ``callback["attempts"]``. False (nothing changed) when the claim's lease
+        was lost: another dispatcher has the delivery now.
+        """
 
     def statuses(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         """Current status of each id that exists (workers skip Terminated jobs with this)."""

@@ -7,12 +7,13 @@ as :func:`nearline.brokers.open_broker` does the broker.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from nearline.jobs import JobRecord, JobStatus
-from nearline.store.base import StatusStore
+from nearline.jobs import JobRecord, JobStatus, callback_status
+from nearline.store.base import CallbackDelivery, StatusStore
 
 
 class MemoryStore(StatusStore):
@@ -23,6 +24,8 @@ class MemoryStore(StatusStore):
         self.url = url
         self._jobs: dict[str, JobRecord] = {}
         self._slots: dict[str, str] = {}  # idempotency slot -> job id
+        # The outbox: job id -> (delivery as claimed last, due at); a claim's token in the first.
+        self._outbox: dict[str, tuple[CallbackDelivery, float]] = {}
         self._lock = threading.Lock()
 
     def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
@@ -76,9 +79,39 @@ class MemoryStore(StatusStore):
             job = self._jobs.get(job_id)
             if job is None or job.status.terminal:
                 return False
-            self._jobs[job_id] = job.with_status(status, output, now)
+            ended = job.with_status(status, output, now)
+            if job.callback_url:
+                ended = replace(ended, custom_status={"callback": callback_status("Pending")})
+                self._outbox[job_id] = (CallbackDelivery(job_id, job.callback_url, now, 0, ""), now)
+            self._jobs[job_id] = ended
         self._finished(job_id)
         return True
+
+    def claim_deliveries(self, now: float, lease_s: float, limit: int) -> list[CallbackDelivery]:
+        token = uuid.uuid4().hex
+        with self._lock:
+            due = sorted((at, d.job_id) for d, at in self._outbox.values() if at <= now)[:limit]
+            claimed = [replace(self._outbox[job_id][0], token=token) for _, job_id in due]
+            for d in claimed:
+                self._outbox[d.job_id] = (d, now + lease_s)
+            return claimed
+
+    def settle_delivery(
+        self, delivery: CallbackDelivery, callback: dict[str, Any], next_due: float | None
+    ) -> bool:
+        with self._lock:
+            held = self._outbox.get(delivery.job_id)
+            if held is None or held[0].token != delivery.token:
+                return False
+            if next_due is None:
+                del self._outbox[delivery.job_id]
+            else:
+                waiting = replace(held[0], attempts=callback["attempts"], token="")
+                self._outbox[delivery.job_id] = (waiting, next_due)
+            job = self._jobs.get(delivery.job_id)
+            if job is not None:
+                self._jobs[job.id] = replace(job, custom_status={"callback": callback})
+            return True
 
     def delete(self, job_id: str) -> bool:
         with self._lock:

@@ -16,6 +16,10 @@ lifecycle that opens the same URL; a long-poll on one replica wakes when another
   even where no lifecycle runs. ``purge_terminal`` still deletes by ``updated`` (the lifecycle's
   own retention, the contract's semantics) via ``nearline:jobs:finished``, which it also cleans
   of ids whose records the TTL already removed.
+* The callback outbox: ``finish`` of a job with a ``callback_url`` writes its delivery
+  (``nearline:delivery:<id>``, the record's TTL) and puts it in ``nearline:deliveries`` (sorted by
+  when it is due, or its lease ends) in the same script; ``claim_deliveries`` and
+  ``settle_delivery`` are scripts too, so two replicas never hold one delivery.
 * Wake-ups (:mod:`nearline.store.redis_wakeups`): ``finish`` publishes the job id on
   ``nearline:job-finished:<db>``; each instance subscribes on its first long-poll, so a job
   ended by any replica wakes the long-polls of every replica at once.
@@ -37,9 +41,9 @@ import redis
 
 from nearline.brokers.redis_streams import connect
 from nearline.errors import BrokerError, ConfigError
-from nearline.jobs import JobRecord, JobStatus
+from nearline.jobs import PENDING_CALLBACK, JobRecord, JobStatus
 from nearline.settings import RedisSettings
-from nearline.store.base import StatusStore
+from nearline.store.base import CallbackDelivery, StatusStore
 from nearline.store.redis_lua import SCRIPTS
 from nearline.store.redis_wakeups import Wakeups, channel_for
 
@@ -48,12 +52,17 @@ JOB_PREFIX = "nearline:job:"
 SLOT_PREFIX = "nearline:job-slot:"
 DEADLINES = "nearline:jobs:deadlines"
 FINISHED = "nearline:jobs:finished"
+#: The callback outbox: job ids by when their delivery is next due (or its lease ends), and
+#: ``nearline:delivery:<id>`` (url, created, attempts, token) for each.
+OUTBOX = "nearline:deliveries"
+DELIVERY_PREFIX = "nearline:delivery:"
+_PENDING = json.dumps(PENDING_CALLBACK)
 #: Ids per mark_running script call and per purge batch: bounds the time one script blocks Redis.
 CHUNK = 500
 #: JSON-encoded fields (``status`` and ``updated`` are plain: the scripts read and write them).
 _JSON_FIELDS = (
     *("pipeline", "input", "output", "custom_status", "created", "deadline", "priority"),
-    *("idempotency_key", "callback_url", "enqueued"),
+    *("idempotency_key", "callback_url", "enqueued", "status_url"),
 )
 #: Text fields kept plain (the scripts read the slot), and left out when None.
 _TEXT_FIELDS = ("idempotency_slot", "fingerprint")
@@ -128,10 +137,10 @@ class RedisStore(StatusStore):
     def finish(self, job_id: str, status: JobStatus, output: Any, now: float) -> bool:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status.value}")
-        keys = [JOB_PREFIX + job_id, DEADLINES, FINISHED]
+        keys = [JOB_PREFIX + job_id, DEADLINES, FINISHED, OUTBOX]
         channel, message = self.waiters.channel, self.waiters.announcement(job_id)
         args = [job_id, status.value, json.dumps(output), repr(now), self._retention_ms(), channel, message]
-        args.append(SLOT_PREFIX)
+        args += [SLOT_PREFIX, DELIVERY_PREFIX, _PENDING]
         if not self._run("finish", keys, args):
             return False
         self._finished(job_id)
@@ -154,6 +163,24 @@ class RedisStore(StatusStore):
             deleted += int(n)
             if int(seen) < CHUNK:
                 return deleted
+
+    def claim_deliveries(self, now: float, lease_s: float, limit: int) -> list[CallbackDelivery]:
+        token = uuid.uuid4().hex
+        args = [repr(now), repr(now + lease_s), limit, token, DELIVERY_PREFIX]
+        rows = self._run("claim_deliveries", [OUTBOX], args)
+        return [
+            CallbackDelivery(i.decode(), json.loads(url), float(created), int(attempts), token)
+            for i, url, created, attempts in rows
+        ]
+
+    def settle_delivery(
+        self, delivery: CallbackDelivery, callback: dict[str, Any], next_due: float | None
+    ) -> bool:
+        keys = [OUTBOX, DELIVERY_PREFIX + delivery.job_id, JOB_PREFIX + delivery.job_id]
+        due = "" if next_due is None else repr(next_due)
+        state = json.dumps({"callback": callback})
+        args = [delivery.job_id, delivery.token, due, callback["attempts"], state]
+        return bool(self._run("settle_delivery", keys, args))
 
     def _ended(self, job_ids: list[str]) -> list[str]:
         return [job_id for job_id, status in self.statuses(job_ids).items() if status.terminal]

@@ -5,7 +5,9 @@ A job is the hash ``nearline:job:<id>`` (``status``, ``updated``, ``idempotency_
 deadline) lists the unfinished jobs that have a deadline; ``nearline:jobs:finished`` (score =
 ``updated``) lists the ended ones. A keyed job's slot is the string ``nearline:job-slot:<slot>``
 holding the job id: it lives as long as the record (the same TTL once the job ends) and goes
-with it; a slot whose holder's record is gone is free.
+with it; a slot whose holder's record is gone is free. The callback outbox is the sorted set
+``nearline:deliveries`` (score = when a delivery is next due, or its lease's end) and a hash
+``nearline:delivery:<id>`` per delivery, with the record's TTL.
 """
 
 from __future__ import annotations
@@ -87,9 +89,11 @@ end
 return 0
 """
 
-#: KEYS: job hash, deadlines, finished. ARGV: id, status, output JSON, updated, retention ms,
-#: channel, message, slot key prefix. Returns 1 when the job moved to ``status``, 0 when absent
-#: or already ended. The job's slot key gets the record's TTL.
+#: KEYS: job hash, deadlines, finished, outbox. ARGV: id, status, output JSON, updated,
+#: retention ms, channel, message, slot key prefix, delivery key prefix, pending callback status
+#: JSON. Returns 1 when the job moved to ``status``, 0 when absent or already ended. The job's
+#: slot key gets the record's TTL. A job with a callback_url gets its delivery (the hash
+#: ``<delivery prefix><id>``, due now in the outbox) in the same step.
 FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'Pending' and status ~= 'Running' then return 0 end
@@ -101,7 +105,53 @@ local slot = redis.call('HGET', KEYS[1], 'idempotency_slot')
 if slot and redis.call('GET', ARGV[8] .. slot) == ARGV[1] then
   redis.call('PEXPIRE', ARGV[8] .. slot, ARGV[5])
 end
+local callback = redis.call('HGET', KEYS[1], 'callback_url')
+if callback and callback ~= 'null' then
+  local delivery = ARGV[9] .. ARGV[1]
+  redis.call('HSET', delivery, 'url', callback, 'created', ARGV[4], 'attempts', 0)
+  redis.call('PEXPIRE', delivery, ARGV[5])
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+  redis.call('HSET', KEYS[1], 'custom_status', ARGV[10])
+end
 redis.call('PUBLISH', ARGV[6], ARGV[7])
+return 1
+"""
+
+#: KEYS: outbox. ARGV: now, lease end, limit, token, delivery key prefix. Leases the due
+#: deliveries (their score becomes the lease's end) and returns {id, url JSON, created,
+#: attempts} of each; drops ids whose delivery hash expired with its job.
+CLAIM_DELIVERIES = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local claimed = {}
+for _, id in ipairs(ids) do
+  local key = ARGV[5] .. id
+  local found = redis.call('HMGET', key, 'url', 'created', 'attempts')
+  if not found[1] then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    redis.call('HSET', key, 'token', ARGV[4])
+    table.insert(claimed, {id, found[1], found[2], found[3]})
+  end
+end
+return claimed
+"""
+
+#: KEYS: outbox, delivery hash, job hash. ARGV: id, token, next due ("" = done), attempts,
+#: callback status JSON. Returns 0 when the token is not the delivery's (the lease was lost).
+SETTLE_DELIVERY = """
+if redis.call('HGET', KEYS[2], 'token') ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  redis.call('HSET', KEYS[2], 'attempts', ARGV[4])
+  redis.call('HDEL', KEYS[2], 'token')
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HSET', KEYS[3], 'custom_status', ARGV[5])
+end
 return 1
 """
 
@@ -139,6 +189,8 @@ SCRIPTS = {
     "mark_enqueued": MARK_ENQUEUED,
     "mark_running": MARK_RUNNING,
     "finish": FINISH,
+    "claim_deliveries": CLAIM_DELIVERIES,
+    "settle_delivery": SETTLE_DELIVERY,
     "delete": DELETE,
     "purge": PURGE,
 }

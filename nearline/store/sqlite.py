@@ -5,18 +5,22 @@ Transitions are single ``UPDATE ... WHERE status IN (...)`` statements, so the c
 holds across processes. :attr:`waiters` hears only the transitions made through this process's
 store; a long-poll served by another process than the one that finished the job falls back to
 re-reading the record. Durability is the file's (see :mod:`nearline.sqlite_db`).
+
+The callback outbox is the ``deliveries`` table: a trigger on ``jobs`` inserts a job's delivery
+when ``finish`` ends it (one statement, one transaction) and deletes it with the job's row.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from nearline.jobs import JobRecord, JobStatus
+from nearline.jobs import PENDING_CALLBACK, JobRecord, JobStatus
 from nearline.sqlite_db import Database, parse_url
-from nearline.store.base import StatusStore
+from nearline.store.base import CallbackDelivery, StatusStore
 
 #: Every JobRecord field is a column of ``jobs`` by the same name (a new field needs a
 #: migration in sqlite_db.py); these hold JSON text, NULL for None.
@@ -25,6 +29,7 @@ _JSON = frozenset({"input", "output", "custom_status"})
 _COLUMNS = ", ".join(_FIELDS)
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"
 _OPEN_SQL = ", ".join(f"'{s.value}'" for s in JobStatus if not s.terminal)
+_PENDING = json.dumps(PENDING_CALLBACK, separators=(",", ":"))
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in JobStatus if s.terminal)
 #: Ids per ``IN (...)`` list: far below SQLite's variable limit, large enough for any batch.
 _CHUNK = 500
@@ -36,6 +41,19 @@ DELETE FROM jobs WHERE rowid IN (
     SELECT rowid FROM jobs WHERE status IN ({_TERMINAL_SQL}) AND updated < ? LIMIT ?
 )
 """
+
+
+_FINISH = f"""
+UPDATE jobs SET status = ?, output = ?, updated = ?,
+    custom_status = CASE WHEN callback_url IS NULL THEN custom_status ELSE ? END
+WHERE id = ? AND status IN ({_OPEN_SQL})
+"""
+_CLAIM = """
+UPDATE deliveries SET due = ?, token = ?
+WHERE job_id IN (SELECT job_id FROM deliveries WHERE due <= ? ORDER BY due LIMIT ?)
+RETURNING job_id, url, created, attempts
+"""
+_RESCHEDULE = "UPDATE deliveries SET due = ?, attempts = ?, token = NULL WHERE job_id = ? AND token = ?"
 
 
 def _dump(value: Any) -> str | None:
@@ -106,7 +124,7 @@ class SqliteStore(StatusStore):
         ids = list(job_ids)
         if not ids:
             return
-        with self._db.write() as conn:
+        with self._db.write(durable=False) as conn:  # Running is informative: Pending may come back
             for batch in _chunks(ids):
                 conn.execute(
                     f"UPDATE jobs SET status = ?, updated = ? WHERE status = ? AND id IN ({_marks(batch)})",
@@ -116,14 +134,28 @@ class SqliteStore(StatusStore):
     def finish(self, job_id: str, status: JobStatus, output: Any, now: float) -> bool:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status.value}")
-        count, _ = self._db.execute_write(
-            f"UPDATE jobs SET status = ?, output = ?, updated = ? WHERE id = ? AND status IN ({_OPEN_SQL})",
-            (status.value, _dump(output), now, job_id),
-        )
+        # One statement: the jobs_outbox trigger (sqlite_db.py) writes the callback's delivery
+        # in its transaction.
+        count, _ = self._db.execute_write(_FINISH, (status.value, _dump(output), now, _PENDING, job_id))
         if count != 1:
             return False
         self._finished(job_id)
         return True
+
+    def finish_many(self, ends: Sequence[tuple[str, JobStatus, Any]], now: float) -> list[bool]:
+        # One transaction for the batch (one commit instead of one per job); waiters and
+        # listeners hear of the ends once it is committed.
+        if any(not status.terminal for _, status, _ in ends):
+            raise ValueError("finish needs terminal statuses")
+        with self._db.write() as conn:
+            done = [
+                conn.execute(_FINISH, (status.value, _dump(output), now, _PENDING, job_id)).rowcount == 1
+                for job_id, status, output in ends
+            ]
+        for (job_id, _, _), ok in zip(ends, done, strict=True):
+            if ok:
+                self._finished(job_id)
+        return done
 
     def delete(self, job_id: str) -> bool:
         count, _ = self._db.execute_write("DELETE FROM jobs WHERE id = ?", (job_id,))
@@ -141,10 +173,37 @@ class SqliteStore(StatusStore):
         # write lock for seconds, and every submit, settle and finish would wait behind it.
         total = 0
         while True:
-            count, _ = self._db.execute_write(_PURGE, (updated_before, _PURGE_CHUNK))
+            count, _ = self._db.execute_write(_PURGE, (updated_before, _PURGE_CHUNK), durable=False)
             total += count
             if count < _PURGE_CHUNK:
                 return total
+
+    def claim_deliveries(self, now: float, lease_s: float, limit: int) -> list[CallbackDelivery]:
+        # A read first: most calls find nothing due, and a read takes no write lock.
+        if not self._db.query("SELECT 1 FROM deliveries WHERE due <= ? LIMIT 1", (now,)):
+            return []
+        token = uuid.uuid4().hex
+        _, rows = self._db.execute_write(_CLAIM, (now + lease_s, token, now, limit))
+        return [
+            CallbackDelivery(job_id, url, created, attempts, token) for job_id, url, created, attempts in rows
+        ]
+
+    def settle_delivery(
+        self, delivery: CallbackDelivery, callback: dict[str, Any], next_due: float | None
+    ) -> bool:
+        key = (delivery.job_id, delivery.token)
+        with self._db.write() as conn:
+            if next_due is None:
+                count = conn.execute("DELETE FROM deliveries WHERE job_id = ? AND token = ?", key).rowcount
+            else:
+                count = conn.execute(_RESCHEDULE, (next_due, callback["attempts"], *key)).rowcount
+            if count != 1:
+                return False
+            conn.execute(
+                "UPDATE jobs SET custom_status = ? WHERE id = ?",
+                (_dump({"callback": callback}), delivery.job_id),
+            )
+        return True
 
     def statuses(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         out: dict[str, JobStatus] = {}

@@ -195,6 +195,11 @@ def libpython_on_library_path() -> Iterator[None]:
 def _bind(triton: Triton, repository: ModelRepository, backend: TorchBackend, name: str) -> int:
     """Bind the latest version of model ``name``; returns that version."""
     spec = repository.model(name)
+    if spec.platform != "pytorch_libtorch":  # pytriton binds a Python callable: ours runs TorchScript
+        raise ConfigError(
+            f"model '{name}' is {spec.platform}: nearline triton serve serves TorchScript models only "
+            "(a Triton server of NVIDIA's image serves ONNX models from the same repository)"
+        )
     versions = repository.versions(name)
     if not versions:
         raise ConfigError(f"model '{name}': no version folder in {spec.path.parent} holds a model file")

@@ -22,10 +22,12 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from nearline.errors import ConfigError, NearlineError
-from nearline.settings import BROKER, WorkerSettings, add_flags, with_flags
+from nearline.settings import BLOB_STORE, BROKER, WorkerSettings, add_flags, with_flags
 
 if TYPE_CHECKING:
     from nearline.pipelines.runner import PipelineRunner
+    from nearline.store.base import StatusStore
+    from nearline.tombstones import Tombstones
     from nearline.worker.loop import WorkerConfig
 
 log = logging.getLogger("nearline.worker")
@@ -139,16 +141,39 @@ def worker_config(settings: WorkerSettings) -> WorkerConfig:
 
 def open_runner(settings: WorkerSettings) -> PipelineRunner:
     """The pipelines of ``settings`` over its model repository (models not loaded yet)."""
+    from nearline.models.backend import OnnxOptions
     from nearline.models.repository import ModelRepository
     from nearline.pipelines.runner import PipelineRunner
     from nearline.pipelines.spec import load_pipelines
 
+    # ONNX Runtime reads no OMP_NUM_THREADS: a worker of `nearline serve` gets its share here.
+    threads = settings.onnx_threads or settings.torch_threads or 0
     return PipelineRunner(
         load_pipelines(settings.pipelines),
         ModelRepository(settings.models),
         backend=settings.model_backend,
         triton_url=settings.triton_url,
+        onnx=OnnxOptions(intra_op_threads=threads, providers=settings.onnx_providers),
     )
+
+
+def job_state(settings: WorkerSettings) -> tuple[StatusStore | None, Tombstones | None]:
+    """Where this worker learns which jobs have ended: the status store at the broker's URL, or,
+    on Service Bus (job state lives in Durable Functions), the tombstones of terminated jobs."""
+    from nearline.azure_blobs import open_container
+    from nearline.constants import TOMBSTONES_CONTAINER
+    from nearline.store import open_store
+    from nearline.tombstones import Tombstones
+
+    assert settings.broker is not None
+    try:
+        return open_store(settings.broker), None
+    except ConfigError:
+        pass
+    if not settings.blob_store:
+        log.warning("%s is not set: jobs terminated while queued will still be computed", BLOB_STORE.name)
+        return None, None
+    return None, Tombstones(open_container(settings.blob_store, TOMBSTONES_CONTAINER))
 
 
 def run_worker(settings: WorkerSettings, on_ready: Callable[[], None] | None = None) -> int:
@@ -161,20 +186,18 @@ def run_worker(settings: WorkerSettings, on_ready: Callable[[], None] | None = N
         ConfigError: No broker, or a pipelines file, model or backend that cannot be used.
     """
     from nearline.brokers import open_broker
-    from nearline.store import open_store
     from nearline.worker.health import start_health_server
+    from nearline.worker.hooks import default_hooks
     from nearline.worker.loop import Worker
 
     if not settings.broker:
         raise ConfigError(f"no broker: pass --broker URL or set {BROKER.name}")
     runner = open_runner(settings)
     broker = open_broker(settings.broker)
-    try:
-        store = open_store(settings.broker)
-    except ConfigError:
-        store = None  # Service Bus: job state lives in Durable Functions
+    store, tombstones = job_state(settings)
     config = worker_config(settings)
-    worker = Worker(broker, runner, store=store, config=config, name=settings.name)
+    hooks = default_hooks(config.max_deliveries, store, tombstones)
+    worker = Worker(broker, runner, store=store, config=config, name=settings.name, hooks=hooks)
     stop = threading.Event()
     health = None
     if settings.port >= 0:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nearline.brokers.base import Delivery
 from nearline.errors import DeadlineExceeded, PoisonMessage
 from nearline.jobs import JobStatus
 from nearline.messages import MessageError, RequestMessage, ResultMessage
 from nearline.store.base import StatusStore
+
+if TYPE_CHECKING:
+    from nearline.tombstones import Tombstones
 
 
 @dataclass
@@ -111,11 +114,34 @@ class Liveness:
             self.store.mark_running(running, time.time())
 
 
-def default_hooks(max_deliveries: int, store: StatusStore | None) -> list[Hook]:
+class Tombstoned:
+    """Azure: jobs terminated while queued are skipped, by their tombstones (no status store
+    there; :mod:`nearline.tombstones`). Completed without a result: nothing waits for one."""
+
+    def __init__(self, tombstones: Tombstones) -> None:
+        self.tombstones = tombstones
+
+    def before(self, batch: list[Work], worker: str) -> None:
+        live = [w for w in batch if not w.settled and w.message is not None]
+        if not live:
+            return
+        ended = self.tombstones.terminated([w.message for w in live if w.message is not None])
+        for w in live:
+            if w.message is not None and w.message.id in ended:
+                w.skip = True
+
+
+def default_hooks(
+    max_deliveries: int, store: StatusStore | None, tombstones: Tombstones | None = None
+) -> list[Hook]:
+    """Poison and deadlines always; then what ended jobs look like where this worker runs: the
+    status store's records, or (Azure) the tombstones of terminated jobs."""
     hooks: list[Hook] = [Poison(max_deliveries), Deadlines()]
     if store is not None:
         hooks.append(Liveness(store))
+    if tombstones is not None:
+        hooks.append(Tombstoned(tombstones))
     return hooks
 
 
-__all__ = ["Deadlines", "Hook", "JobStatus", "Liveness", "Poison", "Work", "default_hooks"]
+__all__ = ["Deadlines", "Hook", "JobStatus", "Liveness", "Poison", "Tombstoned", "Work", "default_hooks"]

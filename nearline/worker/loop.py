@@ -5,7 +5,10 @@ a worker that dies at any point loses nothing (the lease expires, another worker
 redelivered request may be computed twice; the lifecycle's compare-and-set keeps the first
 result, so no reader ever sees two.
 
-Receiving overlaps computing: a receiver thread collects the next batch while this one runs.
+Receiving overlaps computing: a receiver thread leases requests into the open batch
+(:class:`~nearline.batching.BatchQueue`) as they arrive, and the computing thread takes all of it
+the moment it is free, so a lone request is computed at once and the requests that arrive
+meanwhile make the next batch.
 
 A broker outage is ridden out (:mod:`nearline.worker.outage`): every broker call is retried
 until the broker answers, the batch in hand and its results kept meanwhile, so a worker never
@@ -17,16 +20,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from nearline.batching import collect, group_by
+from nearline.batching import BatchQueue, group_by
 from nearline.brokers.base import Broker, Delivery, LeaseLost
 from nearline.constants import LEASE_S, MAX_BATCH, MAX_DELIVERIES, MAX_WAIT_MS, REQUEST_QUEUE, RESPONSE_QUEUE
 from nearline.errors import BrokerError, NearlineError, StepError
@@ -41,10 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nearline.worker")
 
-#: Batches received ahead of the one being computed: enough to overlap receiving with computing.
-PREFETCH = 1
-
 T = TypeVar("T")
+#: A received request and when its receive returned (epoch seconds).
+Received = tuple[Delivery, float]
 
 
 @dataclass(frozen=True)
@@ -105,57 +106,48 @@ class Worker:
         leases run out and another worker receives it.
         """
         self._stop = stop
-        batches: queue.Queue[list[Delivery]] = queue.Queue()
-        # One batch computing, at most PREFETCH received ahead: every leased message is at most
-        # that many batch-times from being settled, so leases need not cover a longer queue.
-        slots = threading.Semaphore(1 + PREFETCH)
-        receiver = threading.Thread(target=self._receive_loop, args=(stop, batches, slots), daemon=True)
+        # One batch computing, at most one more (the open batch) leased: every leased message
+        # is at most that many batch-times from being settled, so leases need not cover more.
+        pending: BatchQueue[Received] = BatchQueue(self.config.max_batch, self.config.max_wait_ms / 1000)
+        receiver = threading.Thread(target=self._receive_loop, args=(stop, pending), daemon=True)
         self.ready.set()  # before the receiver starts: its first failure must be able to clear it
         receiver.start()
-        while not (stop.is_set() and batches.empty() and not receiver.is_alive()):
-            try:
-                batch = batches.get(timeout=0.1)
-            except queue.Empty:
-                continue
+        while batch := pending.take():  # [] once the receiver has stopped and nothing is left
+            deliveries = [d for d, _ in batch]
             try:
                 if stop.is_set():
-                    self._give_back(batch)
+                    self._give_back(deliveries)
                 else:
-                    self.process(batch)
+                    self.process(deliveries, received_at={d.message_id: at for d, at in batch})
             except BrokerError as exc:  # only once stop is set: the broker is down, we are leaving
                 log.warning("stopping during a broker outage: gave up a batch of %d (%s)", len(batch), exc)
-            finally:
-                slots.release()
         receiver.join()
-        while not batches.empty():
-            self._give_back(batches.get_nowait())
 
-    def _receive_loop(
-        self, stop: threading.Event, batches: queue.Queue[list[Delivery]], slots: threading.Semaphore
-    ) -> None:
+    def _receive_loop(self, stop: threading.Event, pending: BatchQueue[Received]) -> None:
+        """Lease requests into ``pending`` as they arrive, while it has room, until stopped."""
         cfg = self.config
-
-        def receive(n: int, wait: float) -> list[Delivery]:
-            return self._broker(
-                "receive", partial(self.broker.receive, cfg.request_queue, n, wait, cfg.lease_s)
-            )
-
-        while not stop.is_set():
-            if not slots.acquire(timeout=0.1):
-                continue
-            try:
-                batch = collect(receive, cfg.max_batch, cfg.max_wait_ms / 1000, cfg.idle_wait_s)
-            except BrokerError:  # stop is set: what a partial batch leased comes back after its lease
-                batch = []
-            except NearlineError as exc:  # not an outage (those are retried): say so, try again
-                log.error("receive failed, retrying in 1 s: %s", exc)
-                batch = []
-                stop.wait(1.0)
-            if not batch:
-                slots.release()
-                continue
-            self.metrics.in_flight.inc(len(batch))
-            batches.put(batch)
+        try:
+            while not stop.is_set():
+                room = pending.room(timeout=cfg.idle_wait_s)
+                if not room:
+                    continue
+                try:
+                    got = self._broker(
+                        "receive",
+                        partial(self.broker.receive, cfg.request_queue, room, cfg.idle_wait_s, cfg.lease_s),
+                    )
+                except BrokerError:  # stop is set: what it leased comes back after its lease
+                    return
+                except NearlineError as exc:  # not an outage (those are retried): say so, try again
+                    log.error("receive failed, retrying in 1 s: %s", exc)
+                    stop.wait(1.0)
+                    continue
+                if got:
+                    self.metrics.in_flight.inc(len(got))
+                    received = time.time()
+                    pending.put([(d, received) for d in got])
+        finally:
+            pending.close()
 
     def _give_back(self, batch: list[Delivery]) -> None:
         """Abandon ``batch`` (the worker is stopping): visible to other workers at once."""
@@ -174,24 +166,25 @@ class Worker:
 
     # -- one batch ----------------------------------------------------------------------
 
-    def process(self, deliveries: list[Delivery]) -> None:
-        """Settle one received batch.
+    def process(self, deliveries: list[Delivery], received_at: Mapping[str, float] | None = None) -> None:
+        """Settle one received batch (``received_at``: message id → when it was received).
 
         First deliveries run together; a redelivered message runs alone, after them: it may be
         the one that killed the last worker to hold it, and alone it takes no batch-mates down
         with it (they would be redelivered, and could be dead-lettered, for its fault).
         """
         fresh = [d for d in deliveries if d.delivery_count <= 1]
+        received = received_at or {}
         try:
             if fresh:
-                self._process(fresh)
+                self._process(fresh, received)
             for d in deliveries:
                 if d.delivery_count > 1:
-                    self._process([d])
+                    self._process([d], received)
         finally:
             self.metrics.in_flight.dec(len(deliveries))
 
-    def _process(self, deliveries: list[Delivery]) -> None:
+    def _process(self, deliveries: list[Delivery], received: Mapping[str, float]) -> None:
         """Hooks first, then each pipeline once on its group, then publish and settle."""
         self.metrics.batch_size.observe(len(deliveries))
         batch = [Work(d) for d in deliveries]
@@ -199,10 +192,10 @@ class Worker:
             self._broker(f"{type(hook).__name__.lower()} hook", partial(hook.before, batch, self.name))
         todo = [w for w in batch if not w.settled]
         for pipeline, group in group_by(todo, lambda w: w.message.pipeline if w.message else "").items():
-            self._run_group(pipeline, group)
+            self._run_group(pipeline, group, received)
         self._settle(batch)
 
-    def _run_group(self, pipeline: str, group: list[Work]) -> None:
+    def _run_group(self, pipeline: str, group: list[Work], received: Mapping[str, float]) -> None:
         started = time.time()
         for w in group:
             assert w.message is not None
@@ -221,7 +214,14 @@ class Worker:
             self.metrics.step_latency.labels(pipeline, step).observe(ms / 1000)
         for w, res in zip(group, results, strict=True):
             assert w.message is not None
-            meta = {"worker": self.name, "started_at": started, "finished_at": finished, "timings": timings}
+            meta = {
+                "worker": self.name,
+                "request_enqueued_at": w.message.enqueued_at,
+                "received_at": received.get(w.message.id),
+                "started_at": started,
+                "finished_at": finished,
+                "timings": timings,
+            }
             if isinstance(res, NearlineError):
                 w.result = ResultMessage.failed(w.message.id, res.code, res.message, **meta)
             else:
