@@ -78,18 +78,21 @@ def _check_one(settings: WorkerSettings, pipeline: Any) -> Result:
         )
         runner.warm()
         started = time.perf_counter()
-        results = runner.run(pipeline.name, inputs).results
+        # Every deployment of the endpoint runs them: one at 0% traffic is still called by name.
+        outcomes = {d.name: runner.run(pipeline.name, inputs, d.name).results for d in pipeline.deployments}
         ms = (time.perf_counter() - started) * 1000
     except NearlineError as exc:
         return Result(pipeline.name, what, exc.message)
     finally:
         if runner is not None:
             runner.close()
-    for i, result in enumerate(results):
-        if isinstance(result, JobFailure):
-            which = f"example {i + 1}" if pipeline.examples else "the sample"
-            return Result(pipeline.name, what, f"{which} failed: {result.code}: {result.message}")
-    return Result(pipeline.name, what, output=results[0], ms=ms)
+    for deployment, results in outcomes.items():
+        for i, result in enumerate(results):
+            if isinstance(result, JobFailure):
+                which = f"example {i + 1}" if pipeline.examples else "the sample"
+                which = f"deployment {deployment}: {which}" if len(outcomes) > 1 else which
+                return Result(pipeline.name, what, f"{which} failed: {result.code}: {result.message}")
+    return Result(pipeline.name, what, output=outcomes[pipeline.deployment.name][0], ms=ms)
 
 
 def report(results: list[Result]) -> str:

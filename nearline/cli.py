@@ -1,4 +1,4 @@
-"""The ``nearline`` command: init, check, serve, worker, models, and the client commands.
+"""The ``nearline`` command: init, check, serve, worker, models, dlq, and the client commands.
 
 ``init``, ``check``, ``serve``, ``worker``, ``models build|import`` and ``triton serve`` own
 their flags, derived from :mod:`nearline.settings`. User errors print one line (``prog: ...``,
@@ -80,6 +80,7 @@ def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait with --wait")
     p.add_argument("--idempotency-key")
     p.add_argument("--priority", choices=LANES)
+    p.add_argument("--deployment", help="score with this deployment of the endpoint (docs/deployments.md)")
     common(p)
     p.set_defaults(func=_client_command("submit"))
     for name, helptext in (("status", "print a job's status document"), ("terminate", "terminate a job")):
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="triton_command", required=True)
     tsub.add_parser("serve", help="serve the model repository with Triton (via pytriton)", add_help=False)
     _add_client(sub)
+    from nearline.dlq_cli import add_parser as add_dlq
+
+    add_dlq(sub)
     return parser
 
 

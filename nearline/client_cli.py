@@ -57,7 +57,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     payload = read_input(args.file)
     with _client(args) as client:
         job = client.submit(
-            args.pipeline, payload, idempotency_key=args.idempotency_key, priority=args.priority
+            args.pipeline,
+            payload,
+            idempotency_key=args.idempotency_key,
+            priority=args.priority,
+            deployment=args.deployment,
         )
         if not args.wait:
             _print_json(job.links.accepted_body())

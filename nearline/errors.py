@@ -113,6 +113,13 @@ class UnknownPipeline(RequestError):
     status = 404
 
 
+class UnknownDeployment(RequestError):
+    """A ``nearline-deployment`` header names no deployment of the endpoint, or an endpoint with
+    no live traffic was called without one."""
+
+    code = "UnknownDeployment"
+
+
 class JobNotFound(RequestError):
     """No job with that id."""
 

@@ -37,7 +37,8 @@ class JobRecord:
     a repeat is compared with. ``enqueued`` is False while a keyed job's record is claimed and its
     request message not yet sent (a repeat then gets 409). ``status_url`` is kept for a job with a
     ``callback_url``: its status URL as the submitter was given it, which an event too large to
-    carry the job's input and output links to (docs/webhooks.md).
+    carry the job's input and output links to (docs/webhooks.md). ``deployment`` is the endpoint
+    deployment chosen at submit (docs/deployments.md); None on records from before deployments.
     """
 
     id: str
@@ -56,6 +57,7 @@ class JobRecord:
     fingerprint: str | None = None
     enqueued: bool = True
     status_url: str | None = None
+    deployment: str | None = None
 
     def with_status(self, status: JobStatus, output: Any = None, now: float | None = None) -> JobRecord:
         return replace(self, status=status, output=output, updated=now if now is not None else time.time())
@@ -69,14 +71,21 @@ def iso(ts: float | None) -> str | None:
 
 
 def status_document(job: JobRecord) -> dict[str, Any]:
-    """The status document every profile returns from ``GET /api/jobs/{id}``."""
+    """The status document every profile returns from ``GET /api/jobs/{id}``.
+
+    ``customStatus.deployment`` names the deployment that scores the job (kept beside whatever
+    else ``customStatus`` holds, such as ``callback``; a non-mapping customStatus is left as it is).
+    """
+    custom = job.custom_status
+    if job.deployment is not None and (custom is None or isinstance(custom, dict)):
+        custom = {**(custom or {}), "deployment": job.deployment}
     return {
         "instanceId": job.id,
         "name": job.pipeline,
         "runtimeStatus": job.status.value,
         "input": job.input,
         "output": job.output,
-        "customStatus": job.custom_status,
+        "customStatus": custom,
         "createdTime": iso(job.created),
         "lastUpdatedTime": iso(job.updated),
     }

@@ -31,7 +31,11 @@ Priority = Literal["high", "normal", "low"]
 
 @dataclass(frozen=True)
 class RequestMessage:
-    """A scoring request on the request queue; ``id`` is the job id and the message id."""
+    """A scoring request on the request queue; ``id`` is the job id and the message id.
+
+    ``deployment`` is the endpoint deployment chosen at submit (docs/deployments.md); None (a
+    message from before deployments): the pipeline's deployment with the most traffic.
+    """
 
     id: str
     pipeline: str
@@ -40,6 +44,7 @@ class RequestMessage:
     deadline: float | None = None
     priority: str = DEFAULT_LANE
     attempt: int = 1
+    deployment: str | None = None
 
     def expired(self, now: float | None = None) -> bool:
         """True when the deadline has passed."""
@@ -48,7 +53,10 @@ class RequestMessage:
     def to_json(self) -> bytes:
         """The message as sent; ``input`` is not copied (``asdict`` recursed once per level)."""
         fields = ("id", "pipeline", "input", "enqueued_at", "deadline", "priority", "attempt")
-        return _dumps({name: getattr(self, name) for name in fields})
+        data = {name: getattr(self, name) for name in fields}
+        if self.deployment is not None:
+            data["deployment"] = self.deployment
+        return _dumps(data)
 
     @classmethod
     def from_json(cls, body: bytes | str) -> RequestMessage:
@@ -62,6 +70,7 @@ class RequestMessage:
                 deadline=None if data.get("deadline") is None else float(data["deadline"]),
                 priority=str(data.get("priority", DEFAULT_LANE)),
                 attempt=int(data.get("attempt", 1)),
+                deployment=None if data.get("deployment") is None else _str(data, "deployment"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"request message: bad or missing field: {exc}") from None

@@ -127,7 +127,9 @@ def watched_paths(pipelines: Iterable[Path], catalog: Catalog, models: Path) -> 
     folders = {f for f in (project_folder(p.source) for p in catalog) if f is not None}
     for folder in folders:
         paths += _python_files(folder)
-    paths += [f for f in (_module_file(s) for p in catalog for s in p.deployment.steps) if f is not None]
+    paths += [
+        f for f in (_module_file(s) for p in catalog for d in p.deployments for s in d.steps) if f is not None
+    ]
     if models.is_dir():
         paths += [f for f in models.rglob("*") if f.is_file() and not _hidden(f.relative_to(models))]
     return paths

@@ -72,6 +72,7 @@ class Jobs(abc.ABC):
         *,
         scope: str = "",
         base_url: str | None = None,
+        deployment: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """Validate a submit request, then record and start its job. Returns ``(job, created)``.
 
@@ -87,6 +88,9 @@ class Jobs(abc.ABC):
                 scopes never meet.
             base_url: The API's base URL as the caller sees it: a job with a callback keeps its
                 status URL, which a large event links to.
+            deployment: The deployment the caller targets (``nearline-deployment`` header), or
+                None: one is drawn by the endpoint's traffic weights. A repeated key keeps the
+                first request's deployment.
 
         Raises:
             RequestError: (4xx) the request can never succeed; the message names the problem.
@@ -100,6 +104,7 @@ class Jobs(abc.ABC):
             body,
             max_body=self.max_body,
             allow=None if self._callbacks is None else self._callbacks.allow,  # None: read when needed
+            deployment=deployment,
         )
         if sub.callback_url is not None:
             await self._check_callback_names(sub.callback_url)

@@ -90,6 +90,7 @@ MAX_BATCH = Var("NEARLINE_MAX_BATCH", whole(1), c.MAX_BATCH, "largest micro-batc
 MAX_WAIT_MS = Var(
     "NEARLINE_MAX_WAIT_MS", number(0), c.MAX_WAIT_MS, "a free worker's wait for a fuller batch (ms)", _SW
 )
+BATCH_WINDOW = Var("NEARLINE_BATCH_WINDOW", whole(1), c.BATCH_WINDOW, "batches a busy worker holds", _SW)
 LEASE_S = Var("NEARLINE_LEASE_S", _SECONDS, c.LEASE_S, "lease (lock) duration (s)", _SW)
 MAX_DELIVERIES = Var(
     "NEARLINE_MAX_DELIVERIES", whole(1), c.MAX_DELIVERIES, "deliveries, then dead-letter", _SW
@@ -129,7 +130,7 @@ VARIABLES: tuple[Var, ...] = (
     BROKER, DATA_DIR, MODELS, PIPELINES, API_KEYS, CALLBACK_ALLOW, MAX_QUEUE_DEPTH, RETENTION_S,
     MAX_BATCH, MAX_WAIT_MS, LEASE_S, MAX_DELIVERIES, WORKER_PORT, WORKER_HOST, MODEL_BACKEND, TRITON_URL,
     CLAIM_CHECK_BYTES, URL, KEY, SECRET, HEADER_TIMEOUT_S, BODY_TIMEOUT_S, MAX_CONNECTIONS, BLOB_STORE,
-    ONNX_THREADS, ONNX_PROVIDERS,
+    ONNX_THREADS, ONNX_PROVIDERS, BATCH_WINDOW,
     WEBHOOK_SECRET, WEBHOOK_RETRY_S, WEBHOOK_MAX_AGE_S, WEBHOOK_MAX_ATTEMPTS,
 )  # fmt: skip
 
@@ -286,6 +287,7 @@ class WorkerSettings(Settings):
     pipelines: tuple[Path, ...] = env(PIPELINES, "--pipelines", many=True)
     max_batch: int = env(MAX_BATCH, "--max-batch")
     max_wait_ms: float = env(MAX_WAIT_MS, "--max-wait-ms")
+    batch_window: int = env(BATCH_WINDOW, "--batch-window")
     lease_s: float = env(LEASE_S, "--lease-s")
     max_deliveries: int = env(MAX_DELIVERIES, "--max-deliveries")
     port: int = env(WORKER_PORT, "--port")

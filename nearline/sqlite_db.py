@@ -140,6 +140,11 @@ MIGRATIONS: list[list[str]] = [
                 DELETE FROM deliveries WHERE job_id = OLD.id;
             END""",
     ],
+    [
+        # Endpoints with several deployments (docs/deployments.md): the one chosen at submit.
+        # Records from before keep NULL (their pipeline's deployment with the most traffic).
+        "ALTER TABLE jobs ADD COLUMN deployment TEXT",
+    ],
 ]
 
 _OPTIONS = {"busy_timeout_ms", "synchronous", "poll_ms", "wakeups"}

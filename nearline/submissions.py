@@ -27,6 +27,7 @@ from nearline.constants import (
 from nearline.errors import PayloadTooLarge, RequestError
 from nearline.jobs import JobRecord
 from nearline.messages import RequestMessage
+from nearline.pipelines import traffic
 
 if TYPE_CHECKING:
     from nearline.pipelines.spec import Catalog
@@ -36,13 +37,14 @@ _BODY_FIELDS = {"input", "timeout_s", "priority", "callback_url"}
 
 @dataclass(frozen=True)
 class Submission:
-    """A validated submit request."""
+    """A validated submit request; ``deployment`` is the one that scores it (docs/deployments.md)."""
 
     pipeline: str
     input: Any
     timeout_s: float
     priority: str
     callback_url: str | None
+    deployment: str | None = None
 
 
 def parse_submission(
@@ -52,8 +54,11 @@ def parse_submission(
     *,
     max_body: int = MAX_BODY_BYTES,
     allow: AllowList | None = None,
+    deployment: str | None = None,
 ) -> Submission:
-    """Check a submit body against the contract and the pipeline's input schema.
+    """Check a submit body against the contract and the pipeline's input schema, and pick the
+    deployment: ``deployment`` (the ``nearline-deployment`` header) when given, else one drawn by
+    the endpoint's traffic weights.
 
     Raises:
         UnknownPipeline: (404) no such pipeline.
@@ -65,8 +70,11 @@ def parse_submission(
         CallbackRefused: (400) a ``callback_url`` that can never be sent to (a host name is
             looked up by ``Jobs.submit``); ``allow`` is the allow-list (default:
             ``NEARLINE_CALLBACK_ALLOW``).
+        UnknownDeployment: (400) ``deployment`` is not one of the endpoint's, or none was given
+            and the endpoint has no live traffic; the message lists the deployments.
     """
     spec = catalog.get(pipeline)
+    chosen = spec.deployment_named(deployment).name if deployment is not None else None
     if len(body) > max_body:
         raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_body}")
     try:
@@ -87,6 +95,7 @@ def parse_submission(
         timeout_s=_timeout(doc.get("timeout_s")),
         priority=_priority(doc.get("priority")),
         callback_url=_callback(doc.get("callback_url"), configured_allow_list() if allow is None else allow),
+        deployment=chosen or traffic.choose(spec.traffic, pipeline),
     )
 
 
@@ -118,6 +127,7 @@ def new_job(
         priority=sub.priority,
         idempotency_key=idempotency_key,
         callback_url=sub.callback_url,
+        deployment=sub.deployment,
     )
 
 
@@ -130,6 +140,7 @@ def request_message(job: JobRecord, now: float | None = None) -> RequestMessage:
         enqueued_at=time.time() if now is None else now,
         deadline=job.deadline,
         priority=job.priority,
+        deployment=job.deployment,
     )
 
 

@@ -133,6 +133,7 @@ def orchestrator_input(job: JobRecord) -> dict[str, Any]:
             "deadline": job.deadline,
             "priority": job.priority,
             "fingerprint": job.fingerprint,
+            **({"deployment": job.deployment} if job.deployment else {}),
             **({"callback_url": job.callback_url, "status_url": job.status_url} if job.callback_url else {}),
         }
     }
@@ -169,6 +170,7 @@ def job_record(status: Any) -> JobRecord:
         callback_url=job.get("callback_url") if isinstance(job.get("callback_url"), str) else None,
         fingerprint=job.get("fingerprint") if isinstance(job.get("fingerprint"), str) else None,
         deadline=_deadline(job.get("deadline")),
+        deployment=job.get("deployment") if isinstance(job.get("deployment"), str) else None,
     )
 
 

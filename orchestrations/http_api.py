@@ -113,6 +113,14 @@ async def list_pipelines(req: func.HttpRequest, pipelines: Pipelines = catalog) 
     return await handle("pipelines", req, None, pipelines)
 
 
+async def list_endpoints(req: func.HttpRequest, pipelines: Pipelines = catalog) -> func.HttpResponse:
+    return await handle("endpoints", req, None, pipelines)
+
+
+async def read_endpoint(req: func.HttpRequest, pipelines: Pipelines = catalog) -> func.HttpResponse:
+    return await handle("endpoint", req, None, pipelines)
+
+
 async def health(req: func.HttpRequest, pipelines: Pipelines = catalog) -> func.HttpResponse:
     return await handle("health", req, None, pipelines)
 
@@ -151,6 +159,16 @@ async def purge_job(req: func.HttpRequest, client: df.DurableOrchestrationClient
 @bp.route(route="pipelines", methods=["GET"])
 async def get_pipelines(req: func.HttpRequest) -> func.HttpResponse:
     return await list_pipelines(req, catalog)
+
+
+@bp.route(route="endpoints", methods=["GET"])
+async def get_endpoints(req: func.HttpRequest) -> func.HttpResponse:
+    return await list_endpoints(req, catalog)
+
+
+@bp.route(route="endpoints/{name}", methods=["GET"])
+async def get_endpoint(req: func.HttpRequest) -> func.HttpResponse:
+    return await read_endpoint(req, catalog)
 
 
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -154,6 +154,7 @@ def enqueue(job: dict[str, Any]) -> dict[str, Any]:
         input=job.get("input"),
         deadline=float(job["deadline"]),
         priority=job["priority"],
+        deployment=job.get("deployment"),
     )
     message = request_message(record, now=time.time())
     ttl_s = float(job["deadline"]) - message.enqueued_at

@@ -51,3 +51,14 @@ def not_finite(item: dict[str, Any]) -> dict[str, Any]:
 def lookup(item: dict[str, Any]) -> dict[str, Any]:
     """A post-processing bug: reads a key no step wrote (a KeyError: the server's fault)."""
     return {"label": item["scores"]}
+
+
+#: Each batch ``sized`` computed, as the lengths of its items' ``text`` (in batch order).
+BATCHES: list[list[int]] = []
+
+
+def sized(items: list[Any]) -> list[Any]:
+    """Echoes each item's ``text`` and its length, after 20 ms a batch; remembers the batch."""
+    BATCHES.append([len(item["text"]) for item in items])
+    time.sleep(0.02)
+    return [{"text": item["text"], "length": len(item["text"])} for item in items]

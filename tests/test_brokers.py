@@ -26,6 +26,7 @@ from conftest import require_server
 from nearline.brokers import Broker, Delivery, LeaseLost
 from nearline.brokers.memory import MemoryBroker
 from nearline.brokers.sqlite import SqliteBroker
+from nearline.dead_letters import redrive
 
 #: Redis database of this suite (other suites use other numbers), emptied before each test.
 REDIS_DB = 13
@@ -212,6 +213,34 @@ def test_dead_letter_moves_the_message_out_of_the_queue(broker: Broker, queue: s
     [dead] = broker.dead_letters(queue)
     assert (dead.queue, dead.message_id, dead.body) == (queue, "poison", b'{"bad":true}')
     assert (dead.reason, dead.delivery_count) == ("PoisonMessage: delivered too often", 2)
+
+
+def test_redrive_sends_a_dead_letter_back_to_its_lane_with_a_fresh_count(broker: Broker, queue: str) -> None:
+    broker.send(queue, b'{"priority":"high"}', message_id="poison", lane="high")
+    broker.send(queue, b"other", message_id="other")
+    for _ in range(2):
+        d = receive_one(broker, queue)
+        broker.dead_letter(d, f"reason {d.message_id}")
+    [first, second] = broker.dead_letters(queue)
+    assert (first.message_id, first.lane, second.lane) == ("poison", "high", "normal")
+    assert first.dead_at is None or abs(first.dead_at - time.time()) < 60
+    assert redrive(broker, None, queue, ["poison", "never-dead"]) == ["poison"]
+    assert [d.message_id for d in broker.dead_letters(queue)] == ["other"]
+    broker.send(queue, b"later", message_id="later")  # normal lane: the redriven one goes first
+    again = receive_one(broker, queue)
+    assert (again.message_id, again.body, again.lane) == ("poison", b'{"priority":"high"}', "high")
+    assert again.delivery_count == 1
+    broker.complete(again)
+
+
+def test_purge_dead_letters_deletes_only_those_named(broker: Broker, queue: str) -> None:
+    broker.send_many(queue, [("a", b"1"), ("b", b"2"), ("c", b"3")])
+    for d in broker.receive(queue, 3, wait_s=3):
+        broker.dead_letter(d, "r")
+    assert broker.purge_dead_letters(queue, ["a", "c", "missing"]) == 2
+    assert [d.message_id for d in broker.dead_letters(queue)] == ["b"]
+    assert broker.purge_dead_letters(queue, []) == 0
+    assert broker.depth(queue) == 0
 
 
 def test_settling_with_a_stale_lease_raises_lease_lost_and_changes_nothing(

@@ -441,3 +441,60 @@ def test_live_a_600_kb_body_goes_through_the_claim_check(live: ServiceBusBroker,
     assert got.body == body
     live.complete(got)
     assert azurite.names(BODIES_CONTAINER) == []
+
+
+# --- dead letters: purge by id (nearline dlq purge/redrive) -----------------------------------
+
+
+class StubDeadLetterReceiver:
+    """A lane's ``$deadletterqueue`` receiver: what is not completed comes round again at once."""
+
+    def __init__(self, messages: list[ServiceBusReceivedMessage]) -> None:
+        self.queue = list(messages)
+        self.completed: list[str] = []
+        self.abandoned: list[str] = []
+        self.opened_with: dict[str, Any] = {}
+
+    def __enter__(self) -> StubDeadLetterReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def receive_messages(self, max_message_count: int, max_wait_time: float) -> list[Any]:
+        out, self.queue = self.queue[:max_message_count], self.queue[max_message_count:]
+        return out
+
+    def complete_message(self, message: ServiceBusReceivedMessage) -> None:
+        self.completed.append(str(message.message_id))
+
+    def abandon_message(self, message: ServiceBusReceivedMessage) -> None:
+        self.abandoned.append(str(message.message_id))
+        self.queue.append(message)
+
+
+def test_purging_dead_letters_completes_those_named_and_gives_the_others_back_once() -> None:
+    from azure.servicebus import ServiceBusSubQueue
+
+    from nearline.brokers.servicebus_wire import purge_dead
+
+    dead = StubDeadLetterReceiver([received(1, body=[b"x"], message_id=f"job-{n}") for n in range(5)])
+
+    class Client:
+        def get_queue_receiver(self, name: str, **options: Any) -> StubDeadLetterReceiver:
+            dead.opened_with = {"name": name, **options}
+            return dead
+
+    assert purge_dead(Client(), REQUEST_QUEUE, "high", {"job-1", "job-3", "job-9"}, wait_s=0) == 2
+    assert dead.opened_with == {
+        "name": lane_queue(REQUEST_QUEUE, "high"),
+        "sub_queue": ServiceBusSubQueue.DEAD_LETTER,
+    }
+    assert dead.completed == ["job-1", "job-3"]
+    # job-9 is not there: every other message was looked at once and given back once.
+    assert sorted(dead.abandoned) == ["job-0", "job-2", "job-4"]
+
+
+def test_a_dead_letter_keeps_the_lane_it_was_listed_under() -> None:
+    dead = to_dead_letter(received(3, body=[b"x"]), REQUEST_QUEUE, lane="low")
+    assert (dead.lane, dead.dead_at) == ("low", None)

@@ -196,6 +196,7 @@ def test_every_flag_keeps_its_name() -> None:
     assert flags(worker_cli.build_parser(s.WorkerSettings())) == {
         *("--broker", "--models", "--pipelines", "--max-batch", "--max-wait-ms", "--lease-s"),
         *("--max-deliveries", "--port", "--host", "--model-backend", "--triton-url", "--name"),
+        "--batch-window",
     }
 
 

@@ -237,7 +237,9 @@ def test_a_redelivered_message_runs_alone_after_its_batch_mates(system) -> None:
 def test_a_worker_leases_at_most_the_batch_in_hand_and_one_ahead(runner: PipelineRunner) -> None:
     broker = MemoryBroker()
     worker = Worker(
-        broker, runner, config=WorkerConfig(max_batch=2, max_wait_ms=0, lease_s=30, idle_wait_s=0.05)
+        broker,
+        runner,
+        config=WorkerConfig(max_batch=2, max_wait_ms=0, batch_window=1, lease_s=30, idle_wait_s=0.05),
     )
     for i in range(12):
         send(broker, f"s{i}", "slow", {"sleep": 0.3})

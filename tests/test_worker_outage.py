@@ -104,6 +104,9 @@ class SwitchedBroker(Broker):
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         return self.inner.dead_letters(queue, limit)
 
+    def purge_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
+        return self.inner.purge_dead_letters(queue, message_ids)
+
 
 def send(broker: SwitchedBroker, job_id: str, pipeline: str, input: object) -> None:
     msg = RequestMessage(job_id, pipeline, input, time.time())

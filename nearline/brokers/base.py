@@ -13,6 +13,7 @@ Semantics every backend guarantees (the contract suite in ``tests/test_brokers.p
   ``dead_letter`` moves it to the queue's dead-letter store. Settling with a stale lease
   (expired and re-leased elsewhere) raises :class:`LeaseLost` and changes nothing.
 * ``depth`` counts messages waiting or leased (not dead-lettered).
+* ``purge_dead_letters`` deletes dead letters by id (redrive: :mod:`nearline.dead_letters`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class DeadLetter:
     body: bytes
     reason: str
     delivery_count: int
+    lane: str = DEFAULT_LANE  # the lane it was sent on: redrive sends it back there
+    dead_at: float | None = None  # when it was dead-lettered (epoch s), where the backend says
 
 
 class Broker(abc.ABC):
@@ -132,6 +135,10 @@ class Broker(abc.ABC):
         Part of the contract although nothing in the scoring path reads it: it is how operator
         tools list what was dead-lettered and why (the tests check it too).
         """
+
+    @abc.abstractmethod
+    def purge_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
+        """Delete the dead letters of ``queue`` with these message ids; how many were deleted."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to close
         """Release connections. The broker is unusable afterwards."""

@@ -136,7 +136,11 @@ class MemoryBroker(Broker):
             m = self._held(delivery)
             q = self._queue(delivery.queue)
             del q.messages[delivery.message_id]
-            q.dead.append(DeadLetter(delivery.queue, m.message_id, m.body, reason, m.delivery_count))
+            q.dead.append(
+                DeadLetter(
+                    delivery.queue, m.message_id, m.body, reason, m.delivery_count, m.lane, time.time()
+                )
+            )
 
     def depth(self, queue: str) -> int:
         with self._cond:
@@ -147,3 +151,9 @@ class MemoryBroker(Broker):
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         with self._cond:
             return list(self._queue(queue).dead[:limit])
+
+    def purge_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
+        with self._cond:
+            q, before = self._queue(queue), len(self._queue(queue).dead)
+            q.dead = [d for d in q.dead if d.message_id not in message_ids]
+            return before - len(q.dead)

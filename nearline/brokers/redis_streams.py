@@ -340,7 +340,7 @@ class RedisBroker(Broker):
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         rows: Any = self._call(queue, lambda: self._redis.xrange(dead_key(queue), count=limit))
         out = []
-        for _entry, f in rows:
+        for entry, f in rows:
             out.append(
                 DeadLetter(
                     queue=queue,
@@ -348,9 +348,18 @@ class RedisBroker(Broker):
                     body=bytes(f.get(b"body", b"")),
                     reason=f.get(b"reason", b"").decode(),
                     delivery_count=int(f.get(b"count", 0)),
+                    lane=f.get(b"lane", DEFAULT_LANE.encode()).decode(),
+                    dead_at=int(entry.split(b"-")[0]) / 1000.0,  # the entry id: ms-seq
                 )
             )
         return out
+
+    def purge_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
+        """XDEL the dead-letter entries with these ids (a scan of the capped dead-letter stream)."""
+        wanted = {mid.encode() for mid in message_ids}
+        rows: Any = self._call(queue, lambda: self._redis.xrange(dead_key(queue))) if wanted else []
+        entries = [entry for entry, f in rows if f.get(b"id") in wanted]
+        return int(self._call(queue, lambda: self._redis.xdel(dead_key(queue), *entries))) if entries else 0
 
     def close(self) -> None:
         """Forget this consumer (when it holds nothing) and close the connections."""

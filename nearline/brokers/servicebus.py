@@ -50,6 +50,7 @@ from nearline.brokers.servicebus_wire import (
     lane_queue,
     outgoing,
     parse_url,
+    purge_dead,
     received_body,
     servicebus_error,
     to_dead_letter,
@@ -338,8 +339,12 @@ class ServiceBusBroker(Broker):
                 continue
             names = [claim_name(m.application_properties) for m in peeked]
             bodies = self.claims.resolve(names, [received_body(m) for m in peeked])
-            out += [to_dead_letter(m, queue, body) for m, body in zip(peeked, bodies, strict=True)]
+            out += [to_dead_letter(m, queue, b, lane) for m, b in zip(peeked, bodies, strict=True)]
         return out
+
+    def purge_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
+        wanted = set(message_ids)
+        return sum(purge_dead(self._client, queue, lane, wanted) for lane in LANES) if wanted else 0
 
     def close(self) -> None:
         with self._cond:

@@ -174,15 +174,55 @@ def to_delivery(message: Any, queue: str, lane: str, body: bytes | None = None) 
     )
 
 
-def to_dead_letter(message: Any, queue: str, body: bytes | None = None) -> DeadLetter:
-    """A peeked dead-lettered message as a :class:`DeadLetter` of base queue ``queue``."""
+#: The most dead-lettered messages one purge looks at per lane queue (it holds their locks).
+DEAD_SCAN = 10_000
+
+
+def to_dead_letter(
+    message: Any, queue: str, body: bytes | None = None, lane: str = DEFAULT_LANE
+) -> DeadLetter:
+    """A peeked dead-lettered message of lane ``lane`` as a :class:`DeadLetter` of base queue ``queue``."""
     return DeadLetter(
         queue=queue,
         message_id=str(message.message_id or ""),
         body=received_body(message) if body is None else body,
         reason=str(message.dead_letter_reason or ""),
         delivery_count=delivery_count(message),
+        lane=lane,
     )
+
+
+def purge_dead(client: Any, queue: str, lane: str, message_ids: set[str], wait_s: float = 1.0) -> int:
+    """Complete the messages of ``queue``'s lane ``lane`` dead-letter sub-queue with these ids.
+
+    Service Bus cannot delete a message by id: this receives the sub-queue (peek-lock), completes
+    the matching messages and holds the others until the end, so that none comes round twice,
+    then gives them back (abandon: only their count on the dead-letter sub-queue goes up).
+    Looks at most at :data:`DEAD_SCAN` messages.
+    """
+    from azure.servicebus import ServiceBusSubQueue
+    from azure.servicebus.exceptions import MessagingEntityNotFoundError
+
+    done = 0
+    held: list[Any] = []  # received, not wanted: given back at the end
+    name = lane_queue(queue, lane)
+    try:
+        with client.get_queue_receiver(name, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as sub:
+            while done < len(message_ids) and done + len(held) < DEAD_SCAN:
+                got = sub.receive_messages(max_message_count=100, max_wait_time=wait_s)
+                if not got:
+                    break
+                for m in got:
+                    if str(m.message_id) in message_ids:
+                        sub.complete_message(m)
+                        done += 1
+                    else:
+                        held.append(m)
+            for m in held:
+                sub.abandon_message(m)
+    except MessagingEntityNotFoundError:
+        return done
+    return done
 
 
 def servicebus_error(doing: str, exc: Exception) -> NearlineError:

@@ -25,6 +25,7 @@ pause between looks while a receive waits: 1000 with wake-ups, 10 without),
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -215,11 +216,16 @@ class SqliteBroker(Broker):
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         rows = self._db.query(
-            "SELECT message_id, body, reason, delivery_count FROM dead_letters"
+            "SELECT message_id, body, reason, delivery_count, dead_at FROM dead_letters"
             " WHERE queue = ? ORDER BY id LIMIT ?",
             (queue, limit),
         )
-        return [DeadLetter(queue, mid, body, reason, count) for mid, body, reason, count in rows]
+        return [DeadLetter(queue, mid, b, why, n, _lane_of(b), at) for mid, b, why, n, at in rows]
+
+    def purge_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
+        with self._db.write() as conn:
+            sql = "DELETE FROM dead_letters WHERE queue = ? AND message_id = ?"
+            return sum(conn.execute(sql, (queue, mid)).rowcount for mid in set(message_ids))
 
     def close(self) -> None:
         if not self._released:
@@ -243,3 +249,12 @@ def _held_args(d: Delivery, now: float) -> tuple[str, str, str, float]:
 
 def _lost(d: Delivery) -> LeaseLost:
     return LeaseLost(f"lease on message {d.message_id} in {d.queue} is no longer held")
+
+
+def _lane_of(body: bytes) -> str:
+    """The lane a request message asks for (its ``priority``): the dead-letter table keeps no lane."""
+    try:
+        lane = json.loads(body).get("priority", DEFAULT_LANE)
+    except (ValueError, AttributeError):
+        return DEFAULT_LANE
+    return lane if lane in _RANK else DEFAULT_LANE

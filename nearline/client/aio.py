@@ -73,6 +73,7 @@ class AsyncClient:
         timeout_s: float | None = None,
         callback_url: str | None = None,
         wait: float | None = None,
+        deployment: str | None = None,
     ) -> AsyncJob:
         """Submit a scoring request; see :meth:`nearline.client.Client.submit`."""
         body = submit_body(input, priority=priority, timeout_s=timeout_s, callback_url=callback_url)
@@ -83,6 +84,7 @@ class AsyncClient:
             idempotency_key=idempotency_key,
             wait=wait,
             max_retries=self.max_retries,
+            deployment=deployment,
         )
         submitted = await self._run(plan)
         return AsyncJob(self, submitted.links, submitted.document)

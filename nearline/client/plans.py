@@ -43,7 +43,7 @@ from nearline.client.protocol import (
     sub_path,
     with_query,
 )
-from nearline.constants import MAX_WAIT_S, RETRY_AFTER_S
+from nearline.constants import DEPLOYMENT_HEADERS, MAX_WAIT_S, RETRY_AFTER_S
 
 #: A ``Retry-After: 0`` must not turn polling into a busy loop.
 MIN_POLL_S = 0.1
@@ -149,6 +149,7 @@ def submit_plan(
     idempotency_key: str | None,
     wait: float | None,
     max_retries: int,
+    deployment: str | None = None,
 ) -> Plan[Submitted]:
     """``POST /api/score/{pipeline}``; see the module docstring for when it resends."""
     url = api_url(base_url, "score", pipeline)
@@ -157,6 +158,8 @@ def submit_plan(
         hold = check_wait(wait)
         url = with_query(url, wait=seconds_text(hold))
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+    if deployment is not None:
+        headers[DEPLOYMENT_HEADERS[0]] = deployment
     attempt = 0
     while True:
         response = yield Call("POST", url, body, headers, hold)

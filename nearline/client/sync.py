@@ -79,6 +79,7 @@ class Client:
         timeout_s: float | None = None,
         callback_url: str | None = None,
         wait: float | None = None,
+        deployment: str | None = None,
     ) -> Job:
         """Submit a scoring request; ``POST /api/score/{pipeline}``.
 
@@ -93,6 +94,8 @@ class Client:
             wait: Seconds (0..30) the server may hold the request; a job that ends within them
                 comes back with its status document (``job.document``) and ``result()`` needs
                 no further request.
+            deployment: Score with this deployment of the endpoint, bypassing its traffic
+                split (the ``nearline-deployment`` header; docs/deployments.md).
 
         Raises:
             ApiError: the server refused the request (a typed subclass per status).
@@ -107,6 +110,7 @@ class Client:
             idempotency_key=idempotency_key,
             wait=wait,
             max_retries=self.max_retries,
+            deployment=deployment,
         )
         submitted = self._run(plan)
         return Job(self, submitted.links, submitted.document)

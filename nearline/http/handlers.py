@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nearline import __version__
-from nearline.constants import RETRY_AFTER_S
+from nearline.constants import DEPLOYMENT_HEADERS, RETRY_AFTER_S
 from nearline.errors import NearlineError, Overloaded, PageNotFound, Unauthorized, http_error
 from nearline.http import pages
 from nearline.http.metrics import ApiMetrics
@@ -53,6 +53,8 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/api/jobs/{id}", "purge"),
     Route("POST", "/api/jobs/{id}/terminate", "terminate"),
     Route("GET", "/api/pipelines", "pipelines"),
+    Route("GET", "/api/endpoints", "endpoints"),
+    Route("GET", "/api/endpoints/{name}", "endpoint"),
     Route("GET", "/api/health", "health", auth=False),
     Route("GET", "/api/openapi.json", "openapi"),
     Route("GET", "/metrics", "metrics"),
@@ -169,6 +171,7 @@ class Handlers:
             request.headers.get("idempotency-key"),
             scope=caller_scope(caller),
             base_url=request.base_url,
+            deployment=_targeted(request),
         )
         if created and self.api_metrics is not None:
             self.api_metrics.submitted.labels(pipeline).inc()
@@ -176,15 +179,17 @@ class Handlers:
         if wait is not None:
             job = job if job.status.terminal else await self._current(job.id, wait)
             if job.status.terminal:
-                return Response(200, status_document(job))
-        return Response(202, self._urls(request, job.id), self._poll_headers(request, job.id))
+                return Response(200, status_document(job), _deployment_header(job))
+        headers = {**self._poll_headers(request, job.id), **_deployment_header(job)}
+        return Response(202, self._urls(request, job.id), headers)
 
     async def status(self, request: Request) -> Response:
         job_id = request.params.get("id", "")
         job = await self._current(job_id, parse_wait(request.query.get("wait")))
         if job.status.terminal:
-            return Response(200, status_document(job))
-        return Response(202, status_document(job), self._poll_headers(request, job.id))
+            return Response(200, status_document(job), _deployment_header(job))
+        headers = {**self._poll_headers(request, job.id), **_deployment_header(job)}
+        return Response(202, status_document(job), headers)
 
     async def terminate(self, request: Request) -> Response:
         job_id = request.params.get("id", "")
@@ -199,6 +204,14 @@ class Handlers:
 
     async def pipelines(self, request: Request) -> Response:
         return Response(200, self.jobs.catalog.document())
+
+    async def endpoints(self, request: Request) -> Response:
+        """Every endpoint's deployments, models and traffic split (docs/deployments.md)."""
+        return Response(200, {"endpoints": [p.endpoint_document() for p in self.jobs.catalog]})
+
+    async def endpoint(self, request: Request) -> Response:
+        """One endpoint's deployments, models and traffic split; 404 naming the endpoints there are."""
+        return Response(200, self.jobs.catalog.get(request.params.get("name", "")).endpoint_document())
 
     async def health(self, request: Request) -> Response:
         # 200 when degraded too: a probe that restarted the API for a worker's trouble would
@@ -280,6 +293,20 @@ class ShedLog:
         if now >= self._next:
             log.warning("shed %d submission(s) since the last report: %s", self._count, message)
             self._count, self._next = 0, now + self.interval
+
+
+def _targeted(request: Request) -> str | None:
+    """The deployment a submit names: ``nearline-deployment``, or Azure ML's header."""
+    for name in DEPLOYMENT_HEADERS:
+        value = request.headers.get(name)
+        if value is not None:
+            return value.strip()
+    return None
+
+
+def _deployment_header(job: JobRecord) -> dict[str, str]:
+    """``nearline-deployment`` on a response about ``job`` (none on records from before)."""
+    return {DEPLOYMENT_HEADERS[0]: job.deployment} if job.deployment else {}
 
 
 def authorize(request: Request, keys: tuple[str, ...]) -> None:

@@ -64,6 +64,13 @@ _WAIT = {
     "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
 }
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_DEPLOYMENT = {
+    "name": "nearline-deployment",
+    "in": "header",
+    "required": False,
+    "description": "score with this deployment of the endpoint, bypassing the traffic split",
+    "schema": {"type": "string"},
+}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -94,6 +101,7 @@ def _score_operation(
             "summary": description or f"Score with pipeline {name}",
             "parameters": [
                 _WAIT,
+                _DEPLOYMENT,
                 {
                     "name": "Idempotency-Key",
                     "in": "header",
@@ -170,6 +178,7 @@ def openapi_document(catalog: Catalog, server_url: str) -> dict[str, Any]:
             "responses": {"200": {"description": "pipelines with their input JSON Schemas"}, **_errors(401)},
         }
     }
+    paths.update(_endpoint_paths())
     paths["/api/health"] = {"get": {"operationId": "health", "responses": {"200": {"description": "ok"}}}}
     return {
         "openapi": "3.1.0",
@@ -184,6 +193,30 @@ def openapi_document(catalog: Catalog, server_url: str) -> dict[str, Any]:
             "securitySchemes": {
                 "functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
                 "code": {"type": "apiKey", "in": "query", "name": "code"},
+            }
+        },
+    }
+
+
+def _endpoint_paths() -> dict[str, Any]:
+    """``/api/endpoints`` and ``/api/endpoints/{name}`` (docs/deployments.md)."""
+    return {
+        "/api/endpoints": {
+            "get": {
+                "operationId": "list_endpoints",
+                "responses": {
+                    "200": {"description": "endpoints with deployments and traffic"},
+                    **_errors(401),
+                },
+            }
+        },
+        "/api/endpoints/{name}": {
+            "get": {
+                "operationId": "read_endpoint",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": {"description": "deployments, models, traffic"}, **_errors(401, 404)},
             }
         },
     }

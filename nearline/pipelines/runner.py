@@ -49,7 +49,7 @@ from nearline.errors import (
 from nearline.models.backend import BACKENDS, PLATFORM_BACKENDS, ModelBackend, OnnxOptions, open_backend
 from nearline.models.repository import ModelRepository, ModelSpec
 from nearline.pipelines.files import importable
-from nearline.pipelines.spec import Catalog, FunctionStep, ModelStep, Pipeline
+from nearline.pipelines.spec import Catalog, Deployment, FunctionStep, ModelStep, Pipeline
 
 log = logging.getLogger("nearline.pipelines")
 
@@ -243,7 +243,7 @@ class PipelineRunner:
         self._onnx = onnx
         self._backends: dict[str, ModelBackend] = {}
         self._missing: list[str] = []
-        self._plans = {p.name: self._plan(p) for p in catalog}
+        self._plans = {(p.name, d.name): self._plan(p, d) for p in catalog for d in p.deployments}
         if self._missing:
             there = ", ".join(f"{m} {repository.versions(m)}" for m in repository.names()) or "nothing"
             raise ConfigError(
@@ -258,22 +258,29 @@ class PipelineRunner:
             ConfigError: A model cannot be loaded; the message names the pipelines file, the
                 pipeline, the step and the model.
         """
-        for name, plan in self._plans.items():
+        for (name, deployment), plan in self._plans.items():
             for n, call in enumerate(plan, 1):  # a plan holds every step, in order
                 if not isinstance(call, _ModelCall):
                     continue
                 try:
                     call.backend.load(call.step.model, call.step.version)
                 except ConfigError as exc:
-                    raise ConfigError(f"{self._where(name, n, call.name)}: {exc.message}") from None
+                    raise ConfigError(
+                        f"{self._where(name, n, call.name, deployment)}: {exc.message}"
+                    ) from None
 
-    def run(self, pipeline: str, inputs: list[Any]) -> BatchOutcome:
-        """Run ``pipeline`` on a batch of job inputs.
+    def run(self, pipeline: str, inputs: list[Any], deployment: str | None = None) -> BatchOutcome:
+        """Run one deployment of ``pipeline`` (default: the one with the most traffic) on a
+        batch of job inputs.
 
         Raises:
             UnknownPipeline: No pipeline of that name.
+            UnknownDeployment: The pipeline has no deployment of that name.
         """
         spec = self.catalog.get(pipeline)
+        plan = self._plans[
+            pipeline, (spec.deployment if deployment is None else spec.deployment_named(deployment)).name
+        ]
         batch = _Batch(list(inputs))
         for i, value in enumerate(inputs):
             try:
@@ -281,12 +288,12 @@ class PipelineRunner:
             except RequestError as exc:
                 batch.fail([i], InvalidInput(exc.message))
         timings = {}
-        for call in self._plans[pipeline]:
+        for call in plan:
             started = time.perf_counter()
             if batch.alive():
                 call.run(batch)
             timings[call.name] = round((time.perf_counter() - started) * 1000, 3)
-        _check_outputs(batch, self._plans[pipeline][-1])
+        _check_outputs(batch, plan[-1])
         return BatchOutcome([batch.failures.get(i, v) for i, v in enumerate(batch.values)], timings)
 
     def close(self) -> None:
@@ -294,16 +301,19 @@ class PipelineRunner:
         for backend in self._backends.values():
             backend.close()
 
-    def _where(self, pipeline: str, n: int, step: str) -> str:
-        """How a message names step ``n`` of ``pipeline``: file, pipeline, step."""
-        source = self.catalog.get(pipeline).source or self.catalog.path or "pipelines"
-        return f"{source}: pipeline '{pipeline}': step {n} ({step})"
+    def _where(self, pipeline: str, n: int, step: str, deployment: str) -> str:
+        """How a message names step ``n`` of a deployment: file, pipeline, deployment (when there
+        are several), step."""
+        spec = self.catalog.get(pipeline)
+        source = spec.source or self.catalog.path or "pipelines"
+        named = f"deployments: {deployment}: " if len(spec.deployments) > 1 else ""
+        return f"{source}: pipeline '{pipeline}': {named}step {n} ({step})"
 
-    def _plan(self, pipeline: Pipeline) -> list[_FunctionCall | _ModelCall]:
+    def _plan(self, pipeline: Pipeline, deployment: Deployment) -> list[_FunctionCall | _ModelCall]:
         plan: list[_FunctionCall | _ModelCall] = []
         importable(pipeline.source)  # its steps load from its project folder, whatever the cwd
-        for n, step in enumerate(pipeline.deployment.steps, 1):
-            here = self._where(pipeline.name, n, step.name)
+        for n, step in enumerate(deployment.steps, 1):
+            here = self._where(pipeline.name, n, step.name, deployment.name)
             if isinstance(step, FunctionStep):
                 plan.append(_FunctionCall(step, self._function(here, step)))
                 continue

@@ -10,12 +10,20 @@ Functions app load it to validate inputs; only workers build a
         description: ...
         input_schema: {...}          # JSON Schema (Draft 2020-12) of the job input
         examples: [{...}]            # optional sample inputs (nearline check runs them)
+        length: text                 # optional: the input field busy workers batch by length
         deployment:                  # the steps that serve the endpoint
           name: v1
           steps:
             - {name: preprocess, function: "nearline.examples.digits:preprocess"}
             - {name: classify, model: digits, version: 1, inputs: {INPUT__0: pixels}}
             - {name: postprocess, function: "nearline.examples.digits:postprocess"}
+
+or, for several deployments of one endpoint (docs/deployments.md)::
+
+        deployments:
+          v1: {steps: [...]}
+          v2: {steps: [...]}
+        traffic: {v1: 90, v2: 10}    # integer weights summing to 100 (or all 0)
 
 A bad file raises :class:`~nearline.errors.ConfigError` whose message names the file, the
 pipeline, the step and the field, e.g. ``pipelines.yaml: pipeline 'topics': step 2 (embed):
@@ -26,7 +34,6 @@ pipeline defined in two of them is an error naming both.
 
 from __future__ import annotations
 
-import re
 import reprlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,70 +44,27 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import best_match
 
-from nearline.errors import ConfigError, InvalidInput, UnknownPipeline
-from nearline.models.backend import BACKENDS
+from nearline.errors import ConfigError, InvalidInput, UnknownDeployment, UnknownPipeline
 from nearline.pipelines.files import Paths, pipeline_files
+from nearline.pipelines.step_specs import NAME, FunctionStep, ModelStep, Step, check_fields, parse_steps
+from nearline.pipelines.traffic import check_traffic
 
-#: Pipeline names are URL path segments (``/api/score/{pipeline}``): keep them plain.
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-#: A function step's target: ``package.module:attribute``.
-TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_PIPELINE_FIELDS = {"description", "input_schema", "examples", "deployment"}
-_FUNCTION_FIELDS = {"name", "function", "factory", "batch", "args"}
-_MODEL_FIELDS = {"name", "model", "version", "backend", "inputs", "outputs"}
+_PIPELINE_FIELDS = {
+    "description",
+    "input_schema",
+    "examples",
+    "length",
+    "deployment",
+    "deployments",
+    "traffic",
+}
 _MAX_MESSAGE = 300  # an InvalidInput message is cut to this length
 _MAX_VALUE = 60  # a value longer than this is quoted back abridged (a 64-pixel array, say)
 
 
 @dataclass(frozen=True)
-class FunctionStep:
-    """A Python pre- or post-processing step.
-
-    Attributes:
-        name: Step name (timings and messages use it).
-        function: ``package.module:attribute`` of the callable, imported when a runner is built.
-        batch: False: called once per item, ``f(item) -> item``; True: called once per batch,
-            ``f(items) -> items`` (same length, same order).
-        factory: True when ``function`` names a factory, called once when the runner is built as
-            ``function(repository, **args)`` and returning the step callable.
-        args: Keyword arguments bound to the callable (or passed to the factory).
-    """
-
-    name: str
-    function: str
-    batch: bool = False
-    factory: bool = False
-    args: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ModelStep:
-    """A model call on the stacked batch.
-
-    Attributes:
-        name: Step name.
-        model: Model name in the repository.
-        version: Model version.
-        backend: ``torch``, ``onnx`` or ``triton``; None: the one the model's config names
-            (``platform``). A runner's ``backend`` overrides it.
-        inputs: Config input name → item key it is read from (default: the same name).
-        outputs: Config output name → item key it is written to (default: the same name).
-    """
-
-    name: str
-    model: str
-    version: int
-    backend: str | None = None
-    inputs: Mapping[str, str] = field(default_factory=dict)
-    outputs: Mapping[str, str] = field(default_factory=dict)
-
-
-Step = FunctionStep | ModelStep
-
-
-@dataclass(frozen=True)
 class Deployment:
-    """The steps that serve an endpoint (one model version set; traffic splits come later)."""
+    """One way of serving an endpoint: its own steps, models and versions."""
 
     name: str
     steps: tuple[Step, ...]
@@ -108,22 +72,62 @@ class Deployment:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """An endpoint a client calls: its name, input schema and the deployment that serves it.
+    """An endpoint a client calls: its name, input schema and the deployments that serve it.
 
-    ``examples`` are sample inputs, each valid against the schema (``nearline check`` runs them,
-    the OpenAPI document shows them); ``source`` is the file it was loaded from.
+    ``traffic`` is each deployment's share of untargeted requests in percent (summing to 100, or
+    all 0); ``examples`` are sample inputs, each valid against the schema (``nearline check`` runs
+    them, the OpenAPI document shows them); ``source`` is the file it was loaded from. ``length``
+    names the input field whose length a busy worker batches by (None: the request's size).
     """
 
     name: str
     description: str
     input_schema: dict[str, Any]
-    deployment: Deployment
+    deployments: tuple[Deployment, ...]
+    traffic: Mapping[str, int] = field(default_factory=dict)
     examples: tuple[Any, ...] = ()
     source: Path | None = field(default=None, compare=False)
+    length: str | None = None
     _validator: jsonschema.protocols.Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_validator", jsonschema.Draft202012Validator(self.input_schema))
+
+    @property
+    def deployment(self) -> Deployment:
+        """The deployment with the most traffic (the first listed on a tie)."""
+        return max(self.deployments, key=lambda d: self.traffic.get(d.name, 0))
+
+    def deployment_named(self, name: str) -> Deployment:
+        """The deployment called ``name``.
+
+        Raises:
+            UnknownDeployment: (400) none of that name; the message lists the deployments.
+        """
+        for deployment in self.deployments:
+            if deployment.name == name:
+                return deployment
+        there = ", ".join(d.name for d in self.deployments)
+        raise UnknownDeployment(
+            f"endpoint '{self.name}' has no deployment {reprlib.repr(name)}; the deployments are: {there}"
+        )
+
+    def endpoint_document(self) -> dict[str, Any]:
+        """``GET /api/endpoints/{name}``: the deployments, their models and the traffic split."""
+        return {
+            "name": self.name,
+            "deployments": [
+                {
+                    "name": d.name,
+                    "traffic": self.traffic.get(d.name, 0),
+                    "models": [
+                        {"model": s.model, "version": s.version} for s in d.steps if isinstance(s, ModelStep)
+                    ],
+                }
+                for d in self.deployments
+            ],
+            "traffic": dict(self.traffic),
+        }
 
     def validate(self, input: Any) -> None:
         """Check ``input`` against the input schema.
@@ -252,7 +256,7 @@ def _pipeline(where: str, name: Any, spec: Any, source: Path) -> Pipeline:
         raise ConfigError(f"{where}: the name must match {NAME.pattern} (it is a URL segment)")
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: must be a mapping")
-    _check_fields(where, spec, _PIPELINE_FIELDS, required={"input_schema", "deployment"})
+    check_fields(where, spec, _PIPELINE_FIELDS, required={"input_schema"})
     description = spec.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{where}: 'description' must be a string")
@@ -263,7 +267,11 @@ def _pipeline(where: str, name: Any, spec: Any, source: Path) -> Pipeline:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ConfigError(f"{where}: 'input_schema' is not a valid JSON Schema: {exc.message}") from None
-    pipeline = Pipeline(name, description, schema, _deployment(where, spec["deployment"]), source=source)
+    deployments, traffic = _deployments(where, spec)
+    length = spec.get("length")
+    if length is not None and (not isinstance(length, str) or not length):
+        raise ConfigError(f"{where}: 'length' must name an input field, e.g. length: text")
+    pipeline = Pipeline(name, description, schema, deployments, traffic, source=source, length=length)
     return replace(pipeline, examples=_examples(where, pipeline, spec.get("examples", [])))
 
 
@@ -279,90 +287,50 @@ def _examples(where: str, pipeline: Pipeline, examples: Any) -> tuple[Any, ...]:
     return tuple(examples)
 
 
-def _deployment(pipeline: str, spec: Any) -> Deployment:
-    where = f"{pipeline}: deployment"
+def _deployments(where: str, spec: dict[str, Any]) -> tuple[tuple[Deployment, ...], dict[str, int]]:
+    """A pipeline's deployments and traffic: one ``deployment`` (all traffic), or ``deployments``
+    by name with a ``traffic`` split (optional when there is only one)."""
+    if ("deployment" in spec) == ("deployments" in spec):
+        raise ConfigError(f"{where}: give 'deployment' (one) or 'deployments' (several by name), not both")
+    if "deployment" in spec:
+        if "traffic" in spec:
+            raise ConfigError(f"{where}: 'traffic' needs 'deployments' (one 'deployment' takes all traffic)")
+        one = _deployment(where, spec["deployment"])
+        return (one,), {one.name: 100}
+    named = spec["deployments"]
+    if not isinstance(named, dict) or not named:
+        raise ConfigError(f"{where}: 'deployments' must be a non-empty mapping of name to {{steps: [...]}}")
+    deployments = tuple(_named_deployment(where, name, value) for name, value in named.items())
+    if "traffic" not in spec and len(deployments) > 1:
+        raise ConfigError(f"{where}: 'traffic' is required with several deployments, e.g. {{v1: 100, v2: 0}}")
+    traffic = spec.get("traffic", {deployments[0].name: 100})
+    return deployments, check_traffic(where, traffic, [d.name for d in deployments])
+
+
+def _named_deployment(pipeline: str, name: Any, spec: Any) -> Deployment:
+    where = f"{pipeline}: deployments: {name}"
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ConfigError(f"{pipeline}: deployments: the name {name!r} must match {NAME.pattern}")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: must be a mapping with 'steps'")
+    check_fields(where, spec, {"steps"}, required={"steps"})
+    return _deployment(pipeline, {"name": name, **spec}, where)
+
+
+def _deployment(pipeline: str, spec: Any, where: str | None = None) -> Deployment:
+    """A deployment's name and steps; a step's messages start with ``where`` when it is one of
+    several (``pipeline 'topics': deployments: v2: step 2 (embed)``), else with ``pipeline``."""
+    steps_where = where or pipeline
+    where = where or f"{pipeline}: deployment"
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: must be a mapping with 'name' and 'steps'")
-    _check_fields(where, spec, {"name", "steps"}, required={"name", "steps"})
+    check_fields(where, spec, {"name", "steps"}, required={"name", "steps"})
     if not isinstance(spec["name"], str) or not NAME.match(spec["name"]):
         raise ConfigError(f"{where}: 'name' must match {NAME.pattern}")
     steps = spec["steps"]
     if not isinstance(steps, list) or not steps:
         raise ConfigError(f"{where}: 'steps' must be a non-empty list")
-    return Deployment(spec["name"], _steps(pipeline, steps))
+    return Deployment(spec["name"], parse_steps(steps_where, steps))
 
 
-def _steps(where: str, specs: list[Any]) -> tuple[Step, ...]:
-    steps: list[Step] = []
-    for i, spec in enumerate(specs, 1):
-        here = f"{where}: step {i}"
-        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-            here += f" ({spec['name']})"
-        step = _step(here, spec)
-        if any(s.name == step.name for s in steps):
-            raise ConfigError(f"{here}: the name {step.name!r} is used by an earlier step")
-        steps.append(step)
-    return tuple(steps)
-
-
-def _step(where: str, spec: Any) -> Step:
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: must be a mapping")
-    if "function" in spec or "factory" in spec:
-        return _function_step(where, spec)
-    if set(spec) & (_MODEL_FIELDS - {"name"}):
-        return _model_step(where, spec)
-    raise ConfigError(f"{where}: one of 'function', 'factory' or 'model' is required")
-
-
-def _function_step(where: str, spec: dict[str, Any]) -> FunctionStep:
-    _check_fields(where, spec, _FUNCTION_FIELDS, required={"name"})
-    if "function" in spec and "factory" in spec:
-        raise ConfigError(f"{where}: give 'function' or 'factory', not both")
-    key = "factory" if "factory" in spec else "function"
-    target = spec[key]
-    if not isinstance(target, str) or not TARGET.match(target):
-        raise ConfigError(f"{where}: {key!r} must look like 'package.module:attribute'")
-    batch, args = spec.get("batch", False), spec.get("args", {})
-    if not isinstance(batch, bool):
-        raise ConfigError(f"{where}: 'batch' must be true or false")
-    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
-        raise ConfigError(f"{where}: 'args' must be a mapping of keyword to value")
-    return FunctionStep(_name(where, spec), target, batch, key == "factory", args)
-
-
-def _model_step(where: str, spec: dict[str, Any]) -> ModelStep:
-    _check_fields(where, spec, _MODEL_FIELDS, required={"name", "model", "version"})
-    model, version, backend = spec["model"], spec["version"], spec.get("backend")
-    if not isinstance(model, str) or not model:
-        raise ConfigError(f"{where}: 'model' must be a model name")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ConfigError(f"{where}: 'version' must be a positive integer")
-    if backend is not None and backend not in BACKENDS:
-        raise ConfigError(f"{where}: 'backend' must be one of {', '.join(BACKENDS)}")
-    names = [_names(where, key, spec.get(key, {})) for key in ("inputs", "outputs")]
-    return ModelStep(_name(where, spec), model, version, backend, *names)
-
-
-def _name(where: str, spec: dict[str, Any]) -> str:
-    name = spec["name"]
-    if not isinstance(name, str) or not NAME.match(name):
-        raise ConfigError(f"{where}: 'name' must match {NAME.pattern}")
-    return name
-
-
-def _names(where: str, key: str, value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise ConfigError(f"{where}: {key!r} must map tensor names to item keys (strings)")
-    return value
-
-
-def _check_fields(where: str, spec: Mapping[str, Any], allowed: set[str], required: set[str]) -> None:
-    unknown = sorted(set(spec) - allowed, key=str)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; expected {', '.join(sorted(allowed))}")
-    for key in sorted(required):
-        if key not in spec:
-            raise ConfigError(f"{where}: {key!r} is required")
+__all__ = ["NAME", "Catalog", "Deployment", "FunctionStep", "ModelStep", "Pipeline", "Step", "load_pipelines"]

@@ -62,7 +62,7 @@ CHUNK = 500
 #: JSON-encoded fields (``status`` and ``updated`` are plain: the scripts read and write them).
 _JSON_FIELDS = (
     *("pipeline", "input", "output", "custom_status", "created", "deadline", "priority"),
-    *("idempotency_key", "callback_url", "enqueued", "status_url"),
+    *("idempotency_key", "callback_url", "enqueued", "status_url", "deployment"),
 )
 #: Text fields kept plain (the scripts read the slot), and left out when None.
 _TEXT_FIELDS = ("idempotency_slot", "fingerprint")

@@ -134,6 +134,7 @@ def worker_config(settings: WorkerSettings) -> WorkerConfig:
     return WorkerConfig(
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
+        batch_window=settings.batch_window,
         lease_s=settings.lease_s,
         max_deliveries=settings.max_deliveries,
     )

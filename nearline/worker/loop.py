@@ -8,7 +8,10 @@ result, so no reader ever sees two.
 Receiving overlaps computing: a receiver thread leases requests into the open batch
 (:class:`~nearline.batching.BatchQueue`) as they arrive, and the computing thread takes all of it
 the moment it is free, so a lone request is computed at once and the requests that arrive
-meanwhile make the next batch.
+meanwhile make the next batch. When more waits than one batch, the receiver leases a window of
+up to ``batch_window`` batches (fewer if a lease would not cover them at the measured batch time)
+and the computing thread takes batches of similar length from it, priority lanes first, then
+by deadline (a request's deadline, or its lease's end).
 
 A broker outage is ridden out (:mod:`nearline.worker.outage`): every broker call is retried
 until the broker answers, the batch in hand and its results kept meanwhile, so a worker never
@@ -30,13 +33,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from nearline.batching import BatchQueue, group_by
 from nearline.brokers.base import Broker, Delivery, LeaseLost
-from nearline.constants import LEASE_S, MAX_BATCH, MAX_DELIVERIES, MAX_WAIT_MS, REQUEST_QUEUE, RESPONSE_QUEUE
+from nearline.constants import (
+    BATCH_WINDOW,
+    LEASE_S,
+    MAX_BATCH,
+    MAX_DELIVERIES,
+    MAX_WAIT_MS,
+    REQUEST_QUEUE,
+    RESPONSE_QUEUE,
+)
 from nearline.errors import BrokerError, NearlineError, StepError
 from nearline.messages import ResultMessage
 from nearline.store.base import StatusStore
 from nearline.worker.hooks import Hook, Work, default_hooks
 from nearline.worker.metrics import WorkerMetrics
 from nearline.worker.outage import Backoff, Outage
+from nearline.worker.window import Key, ServiceTimes, request_key, window_batches
 
 if TYPE_CHECKING:
     from nearline.pipelines.runner import PipelineRunner
@@ -44,8 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("nearline.worker")
 
 T = TypeVar("T")
-#: A received request and when its receive returned (epoch seconds).
-Received = tuple[Delivery, float]
+#: A received request, when its receive returned (epoch seconds), and its key.
+Received = tuple[Delivery, float, Key]
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,7 @@ class WorkerConfig:
 
     max_batch: int = MAX_BATCH
     max_wait_ms: float = MAX_WAIT_MS
+    batch_window: int = BATCH_WINDOW
     lease_s: float = LEASE_S
     max_deliveries: int = MAX_DELIVERIES
     idle_wait_s: float = 0.5
@@ -106,21 +119,32 @@ class Worker:
         leases run out and another worker receives it.
         """
         self._stop = stop
-        # One batch computing, at most one more (the open batch) leased: every leased message
-        # is at most that many batch-times from being settled, so leases need not cover more.
-        pending: BatchQueue[Received] = BatchQueue(self.config.max_batch, self.config.max_wait_ms / 1000)
+        # One batch computing, at most a window more leased (one batch's worth until a batch is
+        # measured, then as many as a quarter of a lease covers, up to batch_window): every leased
+        # message is settled well inside its lease.
+        cfg = self.config
+        service = ServiceTimes()
+        pending: BatchQueue[Received] = BatchQueue(
+            cfg.max_batch, cfg.max_wait_ms / 1000, cfg.max_batch, lambda r: r[2], service.estimate
+        )
         receiver = threading.Thread(target=self._receive_loop, args=(stop, pending), daemon=True)
         self.ready.set()  # before the receiver starts: its first failure must be able to clear it
         receiver.start()
         while batch := pending.take():  # [] once the receiver has stopped and nothing is left
-            deliveries = [d for d, _ in batch]
+            deliveries = [d for d, _, _ in batch]
+            started = time.monotonic()
             try:
                 if stop.is_set():
                     self._give_back(deliveries)
                 else:
-                    self.process(deliveries, received_at={d.message_id: at for d, at in batch})
+                    self.process(deliveries, received_at={d.message_id: at for d, at, _ in batch})
             except BrokerError as exc:  # only once stop is set: the broker is down, we are leaving
                 log.warning("stopping during a broker outage: gave up a batch of %d (%s)", len(batch), exc)
+            took = time.monotonic() - started
+            service.observe(len(batch), took)
+            # the last take too: one slow batch (redeliveries run alone) shrinks the window at once
+            batch_s = max(service.estimate(cfg.max_batch), took)
+            pending.set_window(cfg.max_batch * window_batches(cfg.batch_window, cfg.lease_s, batch_s))
         receiver.join()
 
     def _receive_loop(self, stop: threading.Event, pending: BatchQueue[Received]) -> None:
@@ -145,9 +169,15 @@ class Worker:
                 if got:
                     self.metrics.in_flight.inc(len(got))
                     received = time.time()
-                    pending.put([(d, received) for d in got])
+                    keys = [request_key(d, received, cfg.lease_s, self._length_field) for d in got]
+                    pending.put(list(zip(got, [received] * len(got), keys, strict=True)))
         finally:
             pending.close()
+
+    def _length_field(self, pipeline: str) -> str | None:
+        """The input field ``pipeline`` batches by length (its ``length:``), if it names one."""
+        catalog = self.runner.catalog
+        return catalog.get(pipeline).length if pipeline in catalog else None
 
     def _give_back(self, batch: list[Delivery]) -> None:
         """Abandon ``batch`` (the worker is stopping): visible to other workers at once."""
@@ -185,23 +215,31 @@ class Worker:
             self.metrics.in_flight.dec(len(deliveries))
 
     def _process(self, deliveries: list[Delivery], received: Mapping[str, float]) -> None:
-        """Hooks first, then each pipeline once on its group, then publish and settle."""
+        """Hooks first, then each (pipeline, deployment) once on its group, then publish and settle.
+
+        Deployments of one endpoint never share a batch: each runs its own steps and models.
+        """
         self.metrics.batch_size.observe(len(deliveries))
         batch = [Work(d) for d in deliveries]
         for hook in self.hooks:  # a hook reading the status store waits out an outage too
             self._broker(f"{type(hook).__name__.lower()} hook", partial(hook.before, batch, self.name))
         todo = [w for w in batch if not w.settled]
-        for pipeline, group in group_by(todo, lambda w: w.message.pipeline if w.message else "").items():
-            self._run_group(pipeline, group, received)
+        groups = group_by(
+            todo, lambda w: (w.message.pipeline, w.message.deployment) if w.message else ("", None)
+        )
+        for (pipeline, deployment), group in groups.items():
+            self._run_group(pipeline, deployment, group, received)
         self._settle(batch)
 
-    def _run_group(self, pipeline: str, group: list[Work], received: Mapping[str, float]) -> None:
+    def _run_group(
+        self, pipeline: str, deployment: str | None, group: list[Work], received: Mapping[str, float]
+    ) -> None:
         started = time.time()
         for w in group:
             assert w.message is not None
             self.metrics.queue_wait.observe(max(started - w.message.enqueued_at, 0.0))
         try:
-            outcome = self.runner.run(pipeline, [w.message.input for w in group if w.message])
+            outcome = self.runner.run(pipeline, [w.message.input for w in group if w.message], deployment)
             results: list[Any] = outcome.results
             timings = outcome.timings
         except NearlineError as exc:  # e.g. a pipeline this worker does not know
@@ -211,7 +249,8 @@ class Worker:
             results, timings = [StepError(f"{type(exc).__name__}: {exc}")] * len(group), {}
         finished = time.time()
         for step, ms in timings.items():
-            self.metrics.step_latency.labels(pipeline, step).observe(ms / 1000)
+            self.metrics.step_latency.labels(pipeline, deployment or "", step).observe(ms / 1000)
+        self.metrics.compute_latency.labels(pipeline, deployment or "").observe(max(finished - started, 0.0))
         for w, res in zip(group, results, strict=True):
             assert w.message is not None
             meta = {
@@ -240,7 +279,10 @@ class Worker:
         self._broker("publish results", partial(self.broker.send_many, self.config.response_queue, results))
         for w in batch:
             if w.result is not None:
-                self.metrics.results.labels(w.message.pipeline if w.message else "?", w.result.status).inc()
+                pipeline, deployment = (
+                    (w.message.pipeline, w.message.deployment) if w.message else ("?", None)
+                )
+                self.metrics.results.labels(pipeline, deployment or "", w.result.status).inc()
                 if w.result.error:
                     self.metrics.failures.labels(w.result.error["code"]).inc()
         for w in batch:

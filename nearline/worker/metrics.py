@@ -1,4 +1,10 @@
-"""Worker metrics (Prometheus): batch size, queue wait, step latency, results by outcome."""
+"""Worker metrics (Prometheus): batch size, queue wait, step latency, results by outcome.
+
+Latency and results are labelled by pipeline and deployment (docs/deployments.md), so the
+deployments of one endpoint can be compared: throughput and failures from
+``nearline_worker_results_total``, latency from ``nearline_worker_compute_seconds``. The
+``deployment`` label is empty for a message from before deployments.
+"""
 
 from __future__ import annotations
 
@@ -28,12 +34,19 @@ class WorkerMetrics:
         self.step_latency = Histogram(
             "nearline_worker_step_seconds",
             "Time per pipeline step per batch",
-            ["pipeline", "step"],
+            ["pipeline", "deployment", "step"],
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.compute_latency = Histogram(
+            "nearline_worker_compute_seconds",
+            "Time to compute one batch of one deployment (every step)",
+            ["pipeline", "deployment"],
             registry=r,
             buckets=_LATENCY_BUCKETS,
         )
         self.results = Counter(
-            "nearline_worker_results", "Results published", ["pipeline", "status"], registry=r
+            "nearline_worker_results", "Results published", ["pipeline", "deployment", "status"], registry=r
         )
         self.failures = Counter("nearline_worker_failures", "Failed jobs by error code", ["code"], registry=r)
         self.dead_lettered = Counter("nearline_worker_dead_lettered", "Messages dead-lettered", registry=r)
