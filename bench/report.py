@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import latency_summary, median, spread
+from nearline.hops import HOPS
 
 LIMIT, PEER = "limit", "celery"
 #: The goals of docs/benchmarks.md (Latest full run): what embedded and Redis should reach.
@@ -22,17 +23,6 @@ GOAL_VS_PEER = 3.0
 #: Submit → result overhead (identity at 20/s, issue #19): p50 at most Celery's, p99 at most
 #: this many times Celery's, in the same run.
 GOAL_OVERHEAD_P99 = 1.5
-#: The hops of nearline/hops.py, in the order a job passes them (the breakdown's columns).
-HOPS = (
-    "http_in",
-    "enqueue",
-    "queue_wait",
-    "batch_wait",
-    "compute",
-    "publish",
-    "result_applied",
-    "long_poll_answered",
-)
 
 
 def summarize(record: dict[str, Any]) -> dict[str, dict[str, Any]]:

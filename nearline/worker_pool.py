@@ -112,6 +112,12 @@ class WorkerPool:
         self._stop.set()
         for t in self._threads:  # the supervisor first: no worker is started after this
             t.join(timeout=5)
+        self._drain()
+        for reader in self._reports:
+            reader.close()
+
+    def _drain(self) -> None:
+        """SIGTERM every running worker process, then give them up to the lease to finish."""
         running = [p for p in self.procs if _alive(p)]
         for proc in running:
             proc.terminate()
@@ -121,8 +127,6 @@ class WorkerPool:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        for reader in self._reports:
-            reader.close()
 
     def restart(self) -> BaseException | None:
         """Stop every worker process and start it again (``nearline serve --reload``): each
@@ -135,15 +139,7 @@ class WorkerPool:
         with self._lock:  # the supervisor leaves the workers alone meanwhile; health() still answers
             self._restarting = True
         try:
-            running = [p for p in self.procs if _alive(p)]
-            for proc in running:
-                proc.terminate()
-            deadline = time.monotonic() + self.cfg.worker.lease_s
-            for proc in running:
-                proc.join(timeout=max(0.0, deadline - time.monotonic()))
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join()
+            self._drain()
             first: BaseException | None = None
             for i in range(len(self.procs)):
                 self._reports[i].close()
