@@ -24,12 +24,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from nearline.errors import ConfigError
+from nearline.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from nearline.models.repository import ModelRepository
+    from nearline.models.repository import ModelRepository, ModelSpec
 
 #: Backend names a pipeline step or ``--model-backend`` may use.
 BACKENDS = ("torch", "onnx", "triton")
@@ -127,3 +127,26 @@ def open_backend(
         backend: ModelBackend = module.TritonBackend(repository, triton_url)
         return backend
     raise ConfigError(f"unknown model backend {kind!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def model_inputs(spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The config's inputs, in config order and dtype, contiguous; every backend feeds these.
+
+    Raises:
+        ModelError: An input the config names is missing, or the inputs do not share one
+            (non-zero) batch size.
+    """
+    import numpy as np  # here: the spec and the API import this module without numpy
+
+    arrays = {}
+    for t in spec.inputs:
+        if t.name not in inputs:
+            raise ModelError(f"model '{spec.name}': input {t.name} is missing")
+        arrays[t.name] = np.ascontiguousarray(inputs[t.name], dtype=t.dtype)
+    rows = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
+    if len(rows) != 1 or -1 in rows:
+        raise ModelError(f"model '{spec.name}': inputs have different batch sizes {sorted(rows)}")
+    if 0 in rows:
+        raise ModelError(f"model '{spec.name}': an empty batch (0 rows)")
+    return arrays
+

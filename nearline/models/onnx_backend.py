@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from nearline.errors import ConfigError, ModelError
-from nearline.models.backend import OnnxOptions
+from nearline.models.backend import OnnxOptions, model_inputs
 from nearline.models.repository import ModelRepository, ModelSpec
 
 #: Tried in this order when no providers are configured (those this build of ONNX Runtime has).
@@ -67,7 +67,7 @@ class OnnxBackend:
         except ConfigError as exc:
             raise ModelError(exc.message) from None
         spec = self.repository.model(model)
-        feed = _feed(spec, inputs)
+        feed = model_inputs(spec, inputs)
         rows = next(iter(feed.values())).shape[0]
         names = [t.name for t in spec.outputs]
         try:
@@ -132,13 +132,3 @@ def providers(named: tuple[str, ...] = ()) -> tuple[str, ...]:
     return named
 
 
-def _feed(spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    feed = {}
-    for t in spec.inputs:
-        if t.name not in inputs:
-            raise ModelError(f"model '{spec.name}': input {t.name} is missing")
-        feed[t.name] = np.ascontiguousarray(inputs[t.name], dtype=t.dtype)
-    rows = {a.shape[0] if a.ndim else -1 for a in feed.values()}
-    if len(rows) != 1 or -1 in rows:
-        raise ModelError(f"model '{spec.name}': inputs have different batch sizes {sorted(rows)}")
-    return feed

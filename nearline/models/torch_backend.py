@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from nearline.errors import ConfigError, ModelError
+from nearline.models.backend import model_inputs
 from nearline.models.repository import ModelRepository, ModelSpec
 
 
@@ -96,16 +97,10 @@ class TorchBackend:
 
     def _tensors(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
         args = []
-        for t in spec.inputs:
-            if t.name not in inputs:
-                raise ModelError(f"model '{spec.name}': input {t.name} is missing")
-            array = np.ascontiguousarray(inputs[t.name], dtype=t.dtype)
+        for array in model_inputs(spec, inputs).values():
             if not array.flags.writeable:  # torch.from_numpy warns on read-only memory
                 array = array.copy()
             args.append(torch.from_numpy(array).to(self.device))
-        rows = {a.shape[0] if a.dim() else -1 for a in args}
-        if len(rows) != 1 or -1 in rows:
-            raise ModelError(f"model '{spec.name}': inputs have different batch sizes {sorted(rows)}")
         return args
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from tritonclient.utils import np_to_triton_dtype
 
 from nearline.errors import ConfigError, ModelError
+from nearline.models.backend import model_inputs
 from nearline.models.repository import ModelRepository, ModelSpec
 from nearline.models.triton_client import BACKOFF_MAX_S, TritonClient, TritonTarget
 
@@ -95,7 +96,7 @@ class TritonBackend:
             spec = self.repository.model(model)
         except ConfigError as exc:
             raise ModelError(exc.message) from None
-        arrays = _arrays(spec, inputs)
+        arrays = model_inputs(spec, inputs)
         rows = next(iter(arrays.values())).shape[0]
         size = spec.max_batch_size
         chunks = [{k: a[i : i + size] for k, a in arrays.items()} for i in range(0, rows, size)]
@@ -142,14 +143,3 @@ class TritonBackend:
         return checked
 
 
-def _arrays(spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The config's inputs, in config order and dtype; all with the same (non-zero) row count."""
-    arrays = {}
-    for t in spec.inputs:
-        if t.name not in inputs:
-            raise ModelError(f"model '{spec.name}': input {t.name} is missing")
-        arrays[t.name] = np.ascontiguousarray(inputs[t.name], dtype=t.dtype)
-    rows = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
-    if len(rows) != 1 or -1 in rows or 0 in rows:
-        raise ModelError(f"model '{spec.name}': inputs have batch sizes {sorted(rows)}; need one, > 0")
-    return arrays
