@@ -9,8 +9,8 @@ See docs/azure.md for settings, provisioning and deployment.
 import azure.durable_functions as df
 import azure.functions as func
 
-from orchestrations import delivery, http_api, responses, scoring
+from orchestrations import delivery, http_api, responses, scoring, split_entity
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
-for blueprint in (http_api.bp, scoring.bp, responses.bp, delivery.bp):
+for blueprint in (http_api.bp, scoring.bp, responses.bp, delivery.bp, split_entity.bp):
     app.register_functions(blueprint)

@@ -7,7 +7,10 @@ one process per core (``--concurrency=2``, written out). Two variants:
   advice for a process-per-core pool and the peer the goals are measured against (the stronger
   of the two here);
 * ``celery-default``: torch's default, one thread per core in *each* pool process, i.e. four
-  busy-waiting OpenMP threads on two cores; what a user who changes nothing gets.
+  busy-waiting OpenMP threads on two cores; what a user who changes nothing gets;
+* ``celery-onnx``: the same peer on ONNX Runtime (``bench/pipelines-onnx.yaml``: an
+  ``InferenceSession`` per model in each pool process, one intra-op thread each): the peer on
+  nearline's runtime, so that nearline ÷ it is the batching gain alone.
 
 Clients call ``score.delay(...)`` then ``.get()``, blocking, from a thread pool (Celery's
 client API is synchronous; its Redis result backend is per thread, so each client thread has
@@ -20,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+from bench import runtimes
 from bench.cases import Context
 from bench.load import Call
 from bench.measure import CpuMeter, measure
@@ -45,24 +50,29 @@ class CeleryPeer:
     """A Celery worker subprocess (prefork, 2 processes), fresh every round.
 
     Args:
-        one_thread: Run torch on one thread per pool process (``OMP_NUM_THREADS=1``).
+        one_thread: Run the models on one thread per pool process (``OMP_NUM_THREADS=1``,
+            ``NEARLINE_ONNX_THREADS=1``).
+        runtime: ``torch`` or ``onnx`` (:mod:`bench.runtimes`).
     """
 
     kind = "e2e"
 
-    def __init__(self, one_thread: bool = True) -> None:
-        self.one_thread = one_thread
+    def __init__(self, one_thread: bool = True, runtime: str = runtimes.TORCH) -> None:
+        self.one_thread, self.runtime = one_thread, runtime
         self.once = not one_thread  # the default-threads variant shows a pitfall: one round
-        self.key = "celery" if one_thread else "celery-default"
-        threads = "1 torch thread each" if one_thread else "default torch threads"
+        self.key = ("celery" if one_thread else "celery-default") + (
+            "" if runtime == runtimes.TORCH else f"-{runtime}"
+        )
+        engine = "torch" if runtime == runtimes.TORCH else "ONNX Runtime"
+        threads = f"1 {engine} thread each" if one_thread else f"default {engine} threads"
         self.title = f"Celery + Redis ({POOL} x{POOL_PROCESSES}, {threads})"
 
-    def unavailable(self) -> str | None:
+    def unavailable(self, models: Path) -> str | None:
         try:
             import celery  # noqa: F401
         except ImportError:
             return "celery is not installed (requirements-dev.txt)"
-        return redis_reachable()
+        return redis_reachable() or runtimes.unavailable(self.runtime, models)
 
     def run(self, ctx: Context) -> dict[str, Any]:
         url = redis_url(CELERY_REDIS_DB)
@@ -73,9 +83,11 @@ class CeleryPeer:
             f"--pool={POOL}", f"--concurrency={POOL_PROCESSES}", "--loglevel=WARNING",
             "--hostname", f"bench-{self.key}-{ctx.round}@%h",
         ]  # fmt: skip
-        env = {"BENCH_CELERY_URL": url, "NEARLINE_MODELS": str(ctx.models)}
-        if self.one_thread:
-            env["OMP_NUM_THREADS"] = "1"
+        env = {
+            "BENCH_CELERY_URL": url,
+            "NEARLINE_MODELS": str(ctx.models),
+            **runtimes.env(self.runtime, 1 if self.one_thread else None),
+        }
         try:
             ctx.progress.update("starting the Celery worker")
             with running(spawn("celery", cmd, workdir, env)) as proc:
@@ -113,6 +125,6 @@ class CeleryClient:
 async def _measure(ctx: Context, cpu: CpuMeter) -> dict[str, Any]:
     client = CeleryClient()
     try:
-        return await measure(client, ctx.sizes, ctx.rate, ctx.progress, cpu)
+        return await measure(client, ctx, cpu)
     finally:
         await client.close()

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from bench import workload
+from bench.cases import Context
 from bench.load import Call, Run, closed_loop, open_loop
 from bench.progress import Progress
 from bench.settings import CONCURRENCY, IDENTITY, OPEN_LOOP_FRACTION, OVERHEAD_RATE, PIPELINE, Sizes
@@ -54,26 +55,23 @@ def latencies_ms(run: Run) -> list[float]:
 
 async def measure(
     client: Client,
-    sizes: Sizes,
-    rate: float | None,
-    progress: Progress,
+    ctx: Context,
     cpu: CpuMeter | None = None,
     workers: int = 1,
     hops: HopMeter | None = None,
 ) -> dict[str, Any]:
-    """One round on a running system. ``rate`` None: offer OPEN_LOOP_FRACTION of the capacity
-    this round measures (how the peer's round sets the run's rate). ``cpu``, when given, is
-    read around the saturation run: CPU milliseconds per job of each part of the system, and
-    of this process (the load generator) as ``client``, and around an idle spell. ``workers``:
-    the warm-up is per worker. ``hops``, when given, is read around the overhead run."""
-    inputs = workload.inputs(_INPUTS)
+    """One round on a running system, on ``ctx.mix``. ``ctx.rate`` None: offer
+    OPEN_LOOP_FRACTION of the capacity this round measures (how the peer's round sets the
+    mix's rate). ``cpu``, when given, is read around the saturation run: CPU milliseconds per
+    job of each part of the system, and of this process (the load generator) as ``client``,
+    and around an idle spell. ``workers``: the warm-up is per worker. ``hops``, when given, is
+    read around the overhead run. Idle CPU and the overhead run only when ``ctx.overhead``
+    (they do not depend on the mix)."""
+    sizes, progress = ctx.sizes, ctx.progress
+    inputs = workload.inputs(_INPUTS, mix=ctx.mix)
     topics, identity = client.caller(PIPELINE), client.caller(IDENTITY)
-    warmup = inputs[: sizes.warmup_jobs * workers]
-    await closed_loop(topics, warmup, concurrency=64 * workers, progress=progress, phase="warm-up")
-    await closed_loop(topics, inputs[-48:], concurrency=4, progress=progress, phase="warm-up (small batches)")
-    await closed_loop(identity, inputs[:16], concurrency=4)
-    await asyncio.sleep(_PAUSE_S)
-    idle = await _idle_cpu(cpu, sizes.idle_s, progress) if cpu else {}
+    await _warm_up(topics, identity, inputs, sizes.warmup_jobs * workers, workers, progress)
+    idle = await _idle_cpu(cpu, sizes.idle_s, progress) if cpu and ctx.overhead else {}
 
     cpu_before, client_before = (cpu() if cpu else {}), time.process_time()
     sat = await closed_loop(
@@ -85,29 +83,20 @@ async def measure(
         phase="saturation",
     )
     throughput = sat.throughput(sizes.settle_s, sizes.saturation_s)
+    if not throughput:
+        raise RuntimeError(f"no job completed at saturation ({sat.errors} errors): {sat.error_samples}")
     cpu_ms = _per_job(cpu() if cpu else {}, cpu_before, len(sat.latencies))
     cpu_ms["client"] = 1000 * (time.process_time() - client_before) / max(len(sat.latencies), 1)
     progress.note(f"saturation {throughput:.1f} jobs/s ({sat.errors} errors)")
     await asyncio.sleep(_PAUSE_S)
 
-    offered = rate if rate is not None else round(OPEN_LOOP_FRACTION * throughput, 1)
+    offered = ctx.rate if ctx.rate is not None else round(OPEN_LOOP_FRACTION * throughput, 1)
     schedule = workload.arrivals(offered, sizes.open_loop_s)
     fixed = await open_loop(topics, inputs, schedule, progress=progress, phase=f"open loop {offered:g}/s")
     fixed_summary = latency_summary(fixed.latencies, fixed.errors)
     p50, p99 = fixed_summary["p50_ms"], fixed_summary["p99_ms"]
     progress.note(f"open loop at {offered:g}/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
-    await asyncio.sleep(_PAUSE_S)
-
-    schedule = workload.arrivals(OVERHEAD_RATE, sizes.overhead_s)
-    hops_before = await hops() if hops else {}
-    over = await open_loop(identity, inputs, schedule, progress=progress, phase="overhead (identity)")
-    over_summary = latency_summary(over.latencies, over.errors)
-    if hops:
-        over_summary["hops_ms"] = _hop_means(await hops(), hops_before)
-    progress.note(
-        f"identity overhead: p50 {over_summary['p50_ms']:.1f} ms, p99 {over_summary['p99_ms']:.1f} ms"
-    )
-    return {
+    figures = {
         "throughput": throughput,
         "saturation": {
             **latency_summary(sat.latencies, sat.errors),
@@ -122,8 +111,37 @@ async def measure(
             "error_samples": fixed.error_samples,
             "latencies_ms": latencies_ms(fixed),
         },
-        "overhead": {**over_summary, "error_samples": over.error_samples, "latencies_ms": latencies_ms(over)},
     }
+    if ctx.overhead:
+        await asyncio.sleep(_PAUSE_S)
+        figures["overhead"] = await _overhead(identity, inputs, sizes, progress, hops)
+    return figures
+
+
+async def _warm_up(
+    topics: Call, identity: Call, inputs: list[Any], jobs: int, workers: int, progress: Progress
+) -> None:
+    """Full batches, then small ones, then a few identity jobs; then a pause."""
+    await closed_loop(topics, inputs[:jobs], concurrency=64 * workers, progress=progress, phase="warm-up")
+    await closed_loop(topics, inputs[-48:], concurrency=4, progress=progress, phase="warm-up (small batches)")
+    await closed_loop(identity, inputs[:16], concurrency=4)
+    await asyncio.sleep(_PAUSE_S)
+
+
+async def _overhead(
+    identity: Call, inputs: list[Any], sizes: Sizes, progress: Progress, hops: HopMeter | None
+) -> dict[str, Any]:
+    """The identity pipeline at OVERHEAD_RATE, open loop: latency, and the hops' means."""
+    schedule = workload.arrivals(OVERHEAD_RATE, sizes.overhead_s)
+    hops_before = await hops() if hops else {}
+    over = await open_loop(identity, inputs, schedule, progress=progress, phase="overhead (identity)")
+    over_summary = latency_summary(over.latencies, over.errors)
+    if hops:
+        over_summary["hops_ms"] = _hop_means(await hops(), hops_before)
+    progress.note(
+        f"identity overhead: p50 {over_summary['p50_ms']:.1f} ms, p99 {over_summary['p99_ms']:.1f} ms"
+    )
+    return {**over_summary, "error_samples": over.error_samples, "latencies_ms": latencies_ms(over)}
 
 
 def _per_job(after: dict[str, float], before: dict[str, float], jobs: int) -> dict[str, float]:

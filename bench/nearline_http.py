@@ -98,7 +98,7 @@ def measure_url(base_url: str, ctx: Context, cpu: CpuMeter | None = None, worker
     async def go() -> dict[str, Any]:
         client = NearlineClient(base_url)
         try:
-            return await measure(client, ctx.sizes, ctx.rate, ctx.progress, cpu, workers, client.hop_totals)
+            return await measure(client, ctx, cpu, workers, client.hop_totals)
         finally:
             await client.close()
 

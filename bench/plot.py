@@ -36,7 +36,8 @@ def write_png(record: dict[str, Any], summary: dict[str, dict[str, Any]], path: 
         fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     meta = record["meta"]
     fig.suptitle(
-        f"nearline benchmarks, {meta['started']}, {meta['cpus']} CPUs, torch {meta['versions']['torch']}, "
+        f"nearline benchmarks, {meta.get('mix', 'news')} mix, {meta['started']}, {meta['cpus']} CPUs, "
+        f"torch {meta['versions']['torch']}, "
         f"{meta['sizes']['rounds']} round(s), interleaved",
         fontsize=11,
     )
@@ -74,7 +75,7 @@ def _cdfs(
         case = record["cases"][key]
         if case["kind"] != "e2e":
             continue
-        values = sorted(ms for r in case["rounds"] for ms in r[phase]["latencies_ms"])
+        values = sorted(ms for r in case["rounds"] for ms in r.get(phase, {}).get("latencies_ms", []))
         if not values:
             continue
         ys = [(i + 1) / len(values) for i in range(len(values))]
@@ -97,7 +98,12 @@ def _cdfs(
 _COLORS = {
     "celery": "#31a354",
     "celery-default": "#a1d99b",
+    "celery-onnx": "#006d2c",
     "limit": "#444444",
+    "limit-arrival": "#969696",
+    "limit-onnx": "#252525",
+    "embedded-2w-onnx": "#4292c6",
+    "redis-2w-onnx": "#fb6a4a",
     "worker-sqlite": "#9ecae1",
     "worker-redis": "#fcae91",
     "embedded-1w": "#3182bd",
@@ -112,7 +118,12 @@ _COLORS = {
 _LABELS = {
     "celery": "Celery (1 torch thread/process)",
     "celery-default": "Celery (default torch threads)",
-    "limit": "limit (in-process, batch 32)",
+    "celery-onnx": "Celery, ONNX Runtime (1 thread/process)",
+    "limit": "limit (in-process, batch 32, sorted)",
+    "limit-arrival": "limit, arrival order",
+    "limit-onnx": "limit, ONNX Runtime (sorted)",
+    "embedded-2w-onnx": "embedded, 2 workers, ONNX Runtime",
+    "redis-2w-onnx": "Redis, 2 workers, ONNX Runtime",
     "worker-sqlite": "worker drain, SQLite",
     "worker-redis": "worker drain, Redis",
     "embedded-1w": "embedded, 1 worker",
@@ -124,7 +135,14 @@ _LABELS = {
     "triton-nearline": "nearline + Triton",
 }
 #: Cases drawn dashed: the variants measured for the analysis.
-_VARIANTS = {"celery-default", "embedded-2w-1t", "triton-nearline", "worker-redis", "triton-direct"}
+_VARIANTS = {
+    "celery-default",
+    "embedded-2w-1t",
+    "triton-nearline",
+    "worker-redis",
+    "triton-direct",
+    "limit-arrival",
+}
 
 
 def _color(key: str) -> str:

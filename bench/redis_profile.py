@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Any
 
+from bench import runtimes
 from bench.cases import Context
 from bench.nearline_http import measure_url
 from bench.processes import (
@@ -28,25 +30,28 @@ from bench.worker_drain import redis_unavailable
 class RedisProfile:
     """API + lifecycle in one ``nearline serve --no-workers``, workers as separate processes.
 
-    With several workers on this one box each gets ``OMP_NUM_THREADS=cores/workers``, as the
-    torch backend's docs tell an operator to do for worker processes that share a node
-    (torch's default, a thread per core in every process, oversubscribes the cores).
+    With several workers on this one box each gets ``OMP_NUM_THREADS=cores/workers`` (and
+    ``NEARLINE_ONNX_THREADS`` the same), as the backends' docs tell an operator to do for
+    worker processes that share a node (the default, a thread per core in every process,
+    oversubscribes the cores).
     """
 
     kind = "e2e"
     once = False
 
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self.key = f"redis-{workers}w"
+    def __init__(self, workers: int, runtime: str = runtimes.TORCH) -> None:
+        self.workers, self.runtime = workers, runtime
+        self.key = f"redis-{workers}w" + ("" if runtime == runtimes.TORCH else f"-{runtime}")
         threads = max((os.cpu_count() or 1) // workers, 1)
-        self.env = {"OMP_NUM_THREADS": str(threads)} if workers > 1 else None
+        self.env = runtimes.env(runtime, threads if workers > 1 else None)
         plural = "s" if workers > 1 else ""
-        note = f", OMP_NUM_THREADS={threads}" if self.env else ""
-        self.title = f"nearline on Redis, {workers} worker{plural}{note}"
+        variable = "OMP_NUM_THREADS" if runtime == runtimes.TORCH else "NEARLINE_ONNX_THREADS"
+        note = f", {variable}={threads}" if workers > 1 else ""
+        on = "" if runtime == runtimes.TORCH else ", ONNX Runtime"
+        self.title = f"nearline on Redis, {workers} worker{plural}{note}{on}"
 
-    def unavailable(self) -> str | None:
-        return redis_unavailable()
+    def unavailable(self, models: Path) -> str | None:
+        return redis_unavailable() or runtimes.unavailable(self.runtime, models)
 
     def run(self, ctx: Context) -> dict[str, Any]:
         workdir = ctx.workdir / f"{self.key}-r{ctx.round}"
@@ -55,7 +60,9 @@ class RedisProfile:
         try:
             with contextlib.ExitStack() as stack:
                 ctx.progress.update("starting nearline serve --no-workers")
-                proc, base = start_serve(workdir, ctx.models, "--no-workers", "--broker", url, name="serve")
+                pipelines = str(runtimes.pipelines_file(self.runtime))
+                args = ("--no-workers", "--broker", url, "--pipelines", pipelines)
+                proc, base = start_serve(workdir, ctx.models, *args, name="serve")
                 stack.enter_context(running(proc))
                 sessions = [proc.popen.pid]
                 for i in range(self.workers):

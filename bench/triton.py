@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bench import workload
+from bench import runtimes, workload
 from bench.cases import Context
 from bench.nearline_http import measure_url
 from bench.processes import running, session_cpu_s, spawn, start_serve, start_worker, wait_until
@@ -67,32 +67,32 @@ class TritonDirect:
     key = "triton-direct"
     title = "Triton direct: topics, models on Triton, batches of 32"
     kind = "limit"
+    runtime = "torch"  # the models are TorchScript, run by torch inside Triton
     once = True
 
-    def unavailable(self) -> str | None:
+    def unavailable(self, models: Path) -> str | None:
         return triton_unavailable()
 
     def run(self, ctx: Context) -> dict[str, Any]:
         from nearline.models.repository import ModelRepository
         from nearline.pipelines.runner import PipelineRunner
         from nearline.pipelines.spec import load_pipelines
-        from nearline.serve import default_pipelines
 
         workdir = ctx.workdir / f"{self.key}-r{ctx.round}"
         ctx.progress.update("starting Triton")
         with triton_server(workdir, ctx.models) as (url, session):
             runner = PipelineRunner(
-                load_pipelines(default_pipelines()),
+                load_pipelines(runtimes.pipelines_file(runtimes.TORCH)),
                 ModelRepository(ctx.models),
                 backend="triton",
                 triton_url=url,
             )
             try:
                 runner.warm()
-                warm = workload.inputs(_WARMUP_BATCHES * LIMIT_BATCH, seed=1)
+                warm = workload.inputs(_WARMUP_BATCHES * LIMIT_BATCH, seed=1, mix=ctx.mix)
                 for k in range(0, len(warm), LIMIT_BATCH):
                     runner.run(PIPELINE, warm[k : k + LIMIT_BATCH])
-                inputs = workload.inputs(ctx.sizes.limit_jobs)
+                inputs = workload.inputs(ctx.sizes.limit_jobs, mix=ctx.mix)
                 cpu = session_cpu_s([session]), time.process_time()
                 started, failed = time.perf_counter(), 0
                 for k in range(0, len(inputs), LIMIT_BATCH):
@@ -123,9 +123,10 @@ class TritonNearline:
     key = "triton-nearline"
     title = "nearline (SQLite) + Triton, 1 worker"
     kind = "e2e"
+    runtime = "torch"
     once = True
 
-    def unavailable(self) -> str | None:
+    def unavailable(self, models: Path) -> str | None:
         return triton_unavailable()
 
     def run(self, ctx: Context) -> dict[str, Any]:
@@ -135,12 +136,13 @@ class TritonNearline:
             ctx.progress.update("starting Triton")
             url, triton = stack.enter_context(triton_server(workdir, ctx.models))
             ctx.progress.update("starting nearline serve --no-workers")
-            proc, base = start_serve(workdir, ctx.models, "--no-workers", "--broker", broker, name="serve")
+            env = runtimes.env(runtimes.TORCH)
+            proc, base = start_serve(workdir, ctx.models, "--no-workers", "--broker", broker, env=env)
             stack.enter_context(running(proc))
             ctx.progress.update("starting the worker")
             args = ("--model-backend", "triton", "--triton-url", url)
             worker = stack.enter_context(
-                running(start_worker(workdir, ctx.models, broker, "bench-triton", *args))
+                running(start_worker(workdir, ctx.models, broker, "bench-triton", *args, env=env))
             )
             sessions = [triton, proc.popen.pid, worker.popen.pid]
             return measure_url(base, ctx, lambda: {"system": session_cpu_s(sessions)})

@@ -14,9 +14,10 @@ import contextlib
 import importlib.util
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from bench import workload
+from bench import runtimes, workload
 from bench.cases import Context
 from bench.processes import (
     flush_redis,
@@ -34,6 +35,8 @@ from nearline.messages import RequestMessage, ResultMessage
 from nearline.store import StatusStore, open_store
 from nearline.submissions import Submission, new_job
 
+#: The worker serves the bench's torch pipelines (bench/runtimes.py).
+TORCH_ENV = runtimes.env(runtimes.TORCH)
 #: Messages sent to warm the worker's models before the clock runs.
 _WARMUP = 384
 #: How often the response queue's depth is read while waiting (a read, never the write lock).
@@ -44,6 +47,7 @@ class WorkerDrain:
     """One worker process draining ``drain_jobs`` pre-loaded topics jobs on ``backend``."""
 
     kind = "drain"
+    runtime = "torch"
 
     def __init__(self, backend: str) -> None:
         self.backend = backend
@@ -51,7 +55,7 @@ class WorkerDrain:
         self.key = f"worker-{backend}"
         self.title = f"worker drain, {'SQLite' if backend == 'sqlite' else 'Redis'}, 1 worker"
 
-    def unavailable(self) -> str | None:
+    def unavailable(self, models: Path) -> str | None:
         if self.backend == "redis":
             return redis_unavailable()
         return None
@@ -62,11 +66,14 @@ class WorkerDrain:
             broker, store = open_broker(url), open_store(url)
             try:
                 ctx.progress.update("starting the worker")
-                with running(start_worker(workdir, ctx.models, url, f"bench-{self.key}")) as worker:
+                started = start_worker(workdir, ctx.models, url, f"bench-{self.key}", env=TORCH_ENV)
+                with running(started) as worker:
                     ctx.progress.update("warm-up")
-                    _drain(broker, store, workload.inputs(_WARMUP, seed=2), ctx, "warm-up")
+                    warm = workload.inputs(_WARMUP, seed=2, mix=ctx.mix)
+                    _drain(broker, store, warm, ctx, "warm-up")
                     cpu_before = self._cpu(worker.popen.pid)
-                    figures = _drain(broker, store, workload.inputs(ctx.sizes.drain_jobs), ctx, "drain")
+                    inputs = workload.inputs(ctx.sizes.drain_jobs, mix=ctx.mix)
+                    figures = _drain(broker, store, inputs, ctx, "drain")
                     cpu_after = self._cpu(worker.popen.pid)
             finally:
                 broker.close()

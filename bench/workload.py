@@ -1,8 +1,13 @@
-"""The request mix: the same texts, in the same order, for every system of a run.
+"""The request mixes: the same texts, in the same order, for every system of a run.
 
-A ``topics`` input is one to four news-style sentences (a few to ~100 tokens), drawn with a
-fixed seed. Length matters: a batch is padded to its longest text, so the mix, not only its
-size, sets MiniLM's cost. The ``identity`` pipeline gets the same documents.
+Two mixes (:data:`MIXES`), each drawn with a fixed seed:
+
+* ``news``: one to four news-style sentences (14-64 tokens), the mix the bench always had;
+* ``short``: one sentence each (14-18 tokens), as a chat message or a search query would be.
+
+Length matters: a batch is padded to its longest text, so the mix, not only its size, sets
+MiniLM's cost; with short texts a model call's fixed cost weighs more, which is where
+batching should pay on a CPU. The ``identity`` pipeline gets the same documents.
 """
 
 from __future__ import annotations
@@ -36,15 +41,24 @@ SENTENCES = (
 )
 
 
-def texts(count: int, seed: int = SEED) -> list[str]:
-    """``count`` texts of one to four sentences, the same for a given seed."""
+#: Request mix → (fewest, most) sentences per text. The first is the default mix.
+MIXES = {"news": (1, 4), "short": (1, 1)}
+
+
+def texts(count: int, seed: int = SEED, mix: str = "news") -> list[str]:
+    """``count`` texts of the mix's number of sentences, the same for a given seed and mix.
+
+    Raises:
+        KeyError: No such mix.
+    """
+    fewest, most = MIXES[mix]
     rng = random.Random(seed)
-    return [" ".join(rng.sample(SENTENCES, rng.randint(1, 4))) for _ in range(count)]
+    return [" ".join(rng.sample(SENTENCES, rng.randint(fewest, most))) for _ in range(count)]
 
 
-def inputs(count: int, seed: int = SEED) -> list[dict[str, Any]]:
-    """``count`` pipeline inputs (``{"text": ...}``), valid for ``topics`` and ``identity``."""
-    return [{"text": t} for t in texts(count, seed)]
+def inputs(count: int, seed: int = SEED, mix: str = "news") -> list[dict[str, Any]]:
+    """``count`` pipeline inputs (``{"text": ...}``) of ``mix``, valid for ``topics`` and ``identity``."""
+    return [{"text": t} for t in texts(count, seed, mix)]
 
 
 def arrivals(rate: float, duration_s: float, seed: int = SEED) -> list[float]:

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nearline.dlq_cli import add_parser as add_dlq
 
     add_dlq(sub)
+    from nearline.endpoints_cli import add_parser as add_endpoints
+
+    add_endpoints(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ the request while the record still said Failed would skip it as already ended.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -134,3 +135,34 @@ def redrive(broker: Broker, store: StatusStore | None, queue: str, message_ids: 
 def purge(broker: Broker, queue: str, message_ids: Sequence[str]) -> int:
     """Delete these dead letters for good; how many there were. Their job records are kept."""
     return broker.purge_dead_letters(queue, list(dict.fromkeys(message_ids)))
+
+
+class DeadLetterQueue:
+    """The dead-letter tools of one queue, for an event loop (the admin API and the dashboard).
+
+    The same functions as ``nearline dlq``, each run in a worker thread: one implementation,
+    two callers. ``store`` is None where no status store is beside the broker.
+    """
+
+    def __init__(self, broker: Broker, store: StatusStore | None, queue: str) -> None:
+        self.broker, self.store, self.queue = broker, store, queue
+
+    async def select(self, flt: Filter, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters ``flt`` matches."""
+        return await asyncio.to_thread(matching, self.broker, self.queue, flt, limit)
+
+    async def count(self) -> int:
+        """How many dead letters there are (up to :data:`SCAN_LIMIT`)."""
+        return len(await asyncio.to_thread(self.broker.dead_letters, self.queue, SCAN_LIMIT))
+
+    async def get(self, message_id: str) -> DeadLetter | None:
+        """The dead letter with ``message_id``, or None."""
+        return await asyncio.to_thread(find, self.broker, self.queue, message_id)
+
+    async def redrive(self, message_ids: Sequence[str]) -> list[str]:
+        """:func:`redrive` these; the ids redriven."""
+        return await asyncio.to_thread(redrive, self.broker, self.store, self.queue, message_ids)
+
+    async def purge(self, message_ids: Sequence[str]) -> int:
+        """:func:`purge` these; how many were deleted."""
+        return await asyncio.to_thread(purge, self.broker, self.queue, message_ids)

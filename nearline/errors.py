@@ -26,7 +26,9 @@ place that turns them (and the client's errors) into a command's exit status.
     │   ├── IdempotencyKeyReused    422  IdempotencyKeyReused  a key reused for another request
     │   ├── PayloadTooLarge         413  PayloadTooLarge
     │   ├── RequestTimeout          408  RequestTimeout    the body came too slowly
-    │   └── Unauthorized            401  Unauthorized
+    │   ├── NotSupported            404  NotSupported      a route this front door cannot serve
+    │   ├── Unauthorized            401  Unauthorized
+    │   └── Forbidden               403  Forbidden         an admin route, a key that is not one
     ├── JobFailure                  500  JobFailed         ends a job Failed (output.error.code)
     │   ├── InvalidInput *                                 found by a worker: the job fails
     │   ├── DeadlineExceeded             DeadlineExceeded
@@ -170,11 +172,26 @@ class RequestTimeout(RequestError):
     status = 408
 
 
+class NotSupported(RequestError):
+    """A route of the contract that this front door cannot serve (a 404, not a 5xx: asking again
+    can never succeed); the message says where it can be done instead."""
+
+    code = "NotSupported"
+    status = 404
+
+
 class Unauthorized(RequestError):
     """A key is required and was missing or wrong."""
 
     code = "Unauthorized"
     status = 401
+
+
+class Forbidden(RequestError):
+    """The key given is valid but not enough here: an admin route needs an admin key."""
+
+    code = "Forbidden"
+    status = 403
 
 
 # --- job failure codes (the ``output.error.code`` of a Failed job) ----------------------

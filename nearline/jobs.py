@@ -39,6 +39,8 @@ class JobRecord:
     ``callback_url``: its status URL as the submitter was given it, which an event too large to
     carry the job's input and output links to (docs/webhooks.md). ``deployment`` is the endpoint
     deployment chosen at submit (docs/deployments.md); None on records from before deployments.
+    ``shadow_of`` is set on a shadow job (a mirrored copy, docs/deployments.md): the live job's id.
+    A shadow's result is kept for comparison, never returned to a client nor called back.
     """
 
     id: str
@@ -58,6 +60,7 @@ class JobRecord:
     enqueued: bool = True
     status_url: str | None = None
     deployment: str | None = None
+    shadow_of: str | None = None
 
     def with_status(self, status: JobStatus, output: Any = None, now: float | None = None) -> JobRecord:
         return replace(self, status=status, output=output, updated=now if now is not None else time.time())

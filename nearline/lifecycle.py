@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 
+from nearline import tracing
 from nearline.brokers.base import Broker, Delivery, LeaseLost
 from nearline.callback_sender import CallbackSender
 from nearline.callbacks import CallbackGuard, configured_allow_list
@@ -28,6 +29,7 @@ from nearline.errors import DeadlineExceeded, NearlineError
 from nearline.hops import HopTimes
 from nearline.jobs import JobStatus, error_output
 from nearline.messages import MessageError, ResultMessage
+from nearline.outcomes import MAX_WINDOW_S
 from nearline.settings import WebhookSettings
 from nearline.store.base import StatusStore
 
@@ -128,6 +130,7 @@ class Lifecycle:
             if self.hops is not None:
                 for d, result in done:
                     self.hops.applied(result, d.enqueued_at, now)
+            tracing.ended([(result, d.enqueued_at) for d, result in done], now)
         for d in self.broker.complete_many([d for d, _ in done]):
             log.warning("lease on result %s lost; another replica has it", d.message_id)
 
@@ -146,6 +149,9 @@ class Lifecycle:
                     purged = self.store.purge_terminal(time.time() - self.retention_s)
                     if purged:
                         log.info("purged %d job records past retention", purged)
+                    outcomes = self.store.outcomes()  # the comparison's log keeps its longest window
+                    if outcomes is not None:
+                        outcomes.trim(time.time() - MAX_WINDOW_S)
                     next_purge = time.time() + PURGE_INTERVAL_S
             except NearlineError as exc:
                 log.warning("sweep failed, retrying: %s", exc)

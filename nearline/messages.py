@@ -45,6 +45,8 @@ class RequestMessage:
     priority: str = DEFAULT_LANE
     attempt: int = 1
     deployment: str | None = None
+    #: The W3C trace context of the job's trace (nearline/tracing.py); None when tracing is off.
+    traceparent: str | None = None
 
     def expired(self, now: float | None = None) -> bool:
         """True when the deadline has passed."""
@@ -56,6 +58,8 @@ class RequestMessage:
         data = {name: getattr(self, name) for name in fields}
         if self.deployment is not None:
             data["deployment"] = self.deployment
+        if self.traceparent is not None:
+            data["traceparent"] = self.traceparent
         return _dumps(data)
 
     @classmethod
@@ -71,6 +75,7 @@ class RequestMessage:
                 priority=str(data.get("priority", DEFAULT_LANE)),
                 attempt=int(data.get("attempt", 1)),
                 deployment=None if data.get("deployment") is None else _str(data, "deployment"),
+                traceparent=_traceparent(data),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"request message: bad or missing field: {exc}") from None
@@ -93,6 +98,7 @@ class ResultMessage:
     started_at: float | None = None
     finished_at: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    traceparent: str | None = None
 
     @classmethod
     def completed(cls, id: str, output: Any, **kw: Any) -> ResultMessage:
@@ -117,6 +123,8 @@ class ResultMessage:
             d["output"] = self.output
         else:
             d["error"] = self.error
+        if self.traceparent is not None:
+            d["traceparent"] = self.traceparent
         return d
 
     def to_json(self) -> bytes:
@@ -143,6 +151,7 @@ class ResultMessage:
                 started_at=data.get("started_at"),
                 finished_at=data.get("finished_at"),
                 timings=dict(data.get("timings") or {}),
+                traceparent=_traceparent(data),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageError(f"result message: bad or missing field: {exc}") from None
@@ -172,6 +181,13 @@ def _time(data: dict[str, Any], key: str) -> float | None:
     send none) or not a number (a result is never lost over its timestamps)."""
     value = data.get(key)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _traceparent(data: dict[str, Any]) -> str | None:
+    """The optional W3C ``traceparent`` (55 characters), for observation only: anything else
+    is dropped, never a reason to fail a job."""
+    value = data.get("traceparent")
+    return value if isinstance(value, str) and len(value) == 55 else None
 
 
 def _str(data: dict[str, Any], key: str) -> str:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 def check_exposure(cfg: ServeSettings) -> None:
     """Refuse a non-loopback address without keys unless told ``--insecure``."""
-    if cfg.api.api_keys or cfg.insecure or is_loopback(cfg.host):
+    if cfg.api.api_keys or cfg.api.admin_keys or cfg.insecure or is_loopback(cfg.host):
         return
     raise ConfigError(
         f"refusing to listen on {cfg.host} without API keys: set {API_KEYS.name}=key1,key2 "
@@ -65,12 +65,7 @@ def serve(cfg: ServeSettings) -> int:
     if scheme_of(url) == "sqlite":
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
     catalog = load_pipelines(cfg.worker.pipelines)
-    models = cfg.worker.models
-    if not cfg.no_workers and not (models / ".").exists():
-        raise ConfigError(
-            f"model repository {models} not found: `nearline models build --out {models}` builds the "
-            "examples'; a project's own come from its build script or `nearline models import`"
-        )
+    check_models(cfg)
     server = ApiServer(cfg.host, cfg.port, cfg.api)  # the address is taken now: in use fails at once
     broker, store = open_broker(url), open_store(url)
     guard, deliveries, metrics = callback_parts(cfg, store)
@@ -88,7 +83,12 @@ def serve(cfg: ServeSettings) -> int:
         _print_banner(cfg, server.port, url, catalog)
         timeout = cfg.api.body_timeout_s
         app = create_app(
-            jobs, cfg.api.api_keys, health=workers.health, body_timeout_s=timeout, metrics=metrics
+            jobs,
+            cfg.api.api_keys,
+            admin_keys=cfg.api.admin_keys,
+            health=workers.health,
+            body_timeout_s=timeout,
+            metrics=metrics,
         )
         server.run(app)
     finally:
@@ -100,6 +100,16 @@ def serve(cfg: ServeSettings) -> int:
         broker.close()
         store.close()
     return 0
+
+
+def check_models(cfg: ServeSettings) -> None:
+    """The model repository must be there when workers are to load it."""
+    models = cfg.worker.models
+    if not cfg.no_workers and not (models / ".").exists():
+        raise ConfigError(
+            f"model repository {models} not found: `nearline models build --out {models}` builds the "
+            "examples'; a project's own come from its build script or `nearline models import`"
+        )
 
 
 def watch(cfg: ServeSettings, jobs: StoreJobs, workers: WorkerPool) -> Reloader | None:

@@ -145,6 +145,39 @@ MIGRATIONS: list[list[str]] = [
         # Records from before keep NULL (their pipeline's deployment with the most traffic).
         "ALTER TABLE jobs ADD COLUMN deployment TEXT",
     ],
+    [
+        # Mirroring (docs/deployments.md): a shadow job's live job, found by it for comparison.
+        "ALTER TABLE jobs ADD COLUMN shadow_of TEXT",
+        "CREATE INDEX IF NOT EXISTS jobs_shadow_of ON jobs (shadow_of) WHERE shadow_of IS NOT NULL",
+        # The live traffic splits (nearline/splits/sqlite.py): one row per endpoint changed at
+        # run time, and its history of changes (the last 50 kept per endpoint).
+        """CREATE TABLE IF NOT EXISTS splits (
+            endpoint TEXT PRIMARY KEY,
+            split TEXT NOT NULL,
+            at REAL NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS split_history (
+            id INTEGER PRIMARY KEY,
+            endpoint TEXT NOT NULL,
+            split TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            at REAL NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS split_history_endpoint ON split_history (endpoint, id)",
+    ],
+    [
+        # The outcomes log (nearline/outcomes.py): a row per job ended Completed or Failed, by the
+        # trigger, in the transaction that ends it; the lifecycle trims it to an hour.
+        """CREATE TABLE IF NOT EXISTS outcomes (id INTEGER PRIMARY KEY, endpoint TEXT NOT NULL,
+            deployment TEXT, job_id TEXT NOT NULL, shadow_of TEXT, succeeded INTEGER NOT NULL,
+            created REAL NOT NULL, ended REAL NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS outcomes_endpoint ON outcomes (endpoint, ended)",
+        """CREATE TRIGGER IF NOT EXISTS jobs_outcome AFTER UPDATE OF status ON jobs
+            WHEN NEW.status IN ('Completed', 'Failed') AND OLD.status IN ('Pending', 'Running')
+            BEGIN INSERT INTO outcomes (endpoint, deployment, job_id, shadow_of, succeeded, created, ended)
+                VALUES (NEW.pipeline, NEW.deployment, NEW.id, NEW.shadow_of, NEW.status = 'Completed',
+                        NEW.created, NEW.updated); END""",
+    ],
 ]
 
 _OPTIONS = {"busy_timeout_ms", "synchronous", "poll_ms", "wakeups"}

@@ -8,6 +8,10 @@ The record is always created before its message is sent, so a worker that finds 
 message knows it for what a purge left behind (:class:`nearline.worker.hooks.Liveness`). Keyed
 jobs get random ids too: the store maps the key's slot to the job, and a purge frees the slot, so
 a later request with the key is a new job with a new id.
+
+The live traffic split (:meth:`split`) is ``pipelines.yaml``'s until it is changed
+(:meth:`set_split`); a change is kept in the split store beside the status store
+(:mod:`nearline.splits`) and read through a cache of at most half a second.
 """
 
 from __future__ import annotations
@@ -18,13 +22,20 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from nearline import tracing
 from nearline.brokers.base import Broker
 from nearline.callbacks import CallbackGuard
-from nearline.constants import MAX_BODY_BYTES, MAX_QUEUE_DEPTH, REQUEST_QUEUE, RETRY_AFTER_S
-from nearline.errors import BrokerError, Conflict, JobGone, JobNotFound, Overloaded
+from nearline.constants import MAX_BODY_BYTES, MAX_QUEUE_DEPTH, REQUEST_QUEUE
+from nearline.dead_letters import DeadLetterQueue
+from nearline.errors import BrokerError, ConfigError, Conflict, JobGone, JobNotFound, RequestError
 from nearline.jobs import JobRecord, JobStatus
+from nearline.outcomes import compare as compare_outcomes
+from nearline.pipelines.traffic import Split, check_split
 from nearline.service import Jobs
-from nearline.store.base import StatusStore
+from nearline.splits import splits_for
+from nearline.splits.base import Change
+from nearline.splits.live import LiveSplits
+from nearline.store.base import Enqueue, StatusStore
 from nearline.submissions import request_message
 
 if TYPE_CHECKING:
@@ -58,6 +69,7 @@ class StoreJobs(Jobs):
         self.broker = broker
         self.store = store
         self.max_queue_depth = max_queue_depth
+        self.splits = LiveSplits(splits_for(store))  # changed splits: kept beside the records
 
     @property
     def catalog(self) -> Catalog:
@@ -69,36 +81,34 @@ class StoreJobs(Jobs):
         self._catalog = catalog
 
     async def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
-        return await asyncio.to_thread(self.create_now, job)
+        with tracing.span("nearline.enqueue", job):
+            return await asyncio.to_thread(self.create_now, job)
 
     def create_now(self, job: JobRecord) -> tuple[JobRecord, bool]:
         """:meth:`create`, blocking the calling thread (for callers without an event loop).
 
         A keyed job's record is created claimed (``enqueued=False``) and marked enqueued once its
         message is sent: until then a repeat of its key gets 409, never a job that may not run.
-        A repeat is not refused for queue depth.
+        A repeat is not refused for queue depth. Where the store can, all of it is one atomic
+        step (:meth:`~nearline.store.base.StatusStore.create_enqueued`).
         """
+        body = tracing.stamped(request_message(job)).to_json()
+        enqueue = Enqueue(self.broker, REQUEST_QUEUE, body, job.priority, _ttl(job), self.max_queue_depth)
+        at_once = self.store.create_enqueued(job, enqueue)
+        if at_once is not None:
+            return at_once
         depth = self.broker.depth(REQUEST_QUEUE)
         if depth >= self.max_queue_depth:
             existing = self.store.keyed(job.idempotency_slot) if job.idempotency_slot else None
             if existing is not None:
                 return existing, False
-            raise Overloaded(
-                f"request queue holds {depth} messages (limit {self.max_queue_depth}); retry later",
-                retry_after=RETRY_AFTER_S,
-            )
+            raise enqueue.full(depth)
         keyed = job.idempotency_slot is not None
         found, created = self.store.create(replace(job, enqueued=False) if keyed else job)
         if not created:
             return found, False
         try:
-            self.broker.send(
-                REQUEST_QUEUE,
-                request_message(job).to_json(),
-                message_id=job.id,
-                lane=job.priority,
-                ttl_s=_ttl(job),
-            )
+            self.broker.send(REQUEST_QUEUE, body, message_id=job.id, lane=job.priority, ttl_s=enqueue.ttl_s)
         except Exception as exc:
             # Nothing half-written: a job whose message never made it must not linger Pending.
             self.store.delete(job.id)
@@ -129,13 +139,14 @@ class StoreJobs(Jobs):
         finally:
             self.store.waiters.discard(job_id, fut)
 
-    async def terminate(self, job_id: str, reason: str = "") -> None:
-        await asyncio.to_thread(self._terminate, job_id, reason)
+    async def terminate(self, job_id: str, reason: str = "") -> JobRecord:
+        return await asyncio.to_thread(self._terminate, job_id, reason)
 
-    def _terminate(self, job_id: str, reason: str) -> None:
+    def _terminate(self, job_id: str, reason: str) -> JobRecord:
         job = self._get(job_id)
         if job.status.terminal or not self.store.finish(job_id, JobStatus.TERMINATED, reason, time.time()):
             raise JobGone(f"job {job_id} already ended ({self._get(job_id).status.value})")
+        return job
 
     async def purge(self, job_id: str) -> int:
         return await asyncio.to_thread(self._purge, job_id)
@@ -149,11 +160,43 @@ class StoreJobs(Jobs):
             raise JobNotFound(f"no job with id {job_id!r}")
         return 1
 
+    async def split(self, endpoint: str) -> Split:
+        pipeline = self.catalog.get(endpoint)
+        cached = self.splits.fresh(pipeline)  # the common case: no thread, no I/O
+        return cached if cached is not None else await asyncio.to_thread(self.splits.read, pipeline)
+
+    async def set_split(self, endpoint: str, split: Split, reason: str = "") -> Split:
+        pipeline = self.catalog.get(endpoint)
+        where = f"endpoint '{endpoint}'"
+        try:  # the one way in (HTTP, CLI, dashboard): checked here whoever calls
+            checked = check_split(where, split.document(), [d.name for d in pipeline.deployments])
+        except ConfigError as exc:
+            raise RequestError(exc.message) from None
+        await asyncio.to_thread(self.splits.save, Change(endpoint, checked, reason, time.time()))
+        return checked
+
+    async def split_history(self, endpoint: str) -> list[dict[str, Any]]:
+        self.catalog.get(endpoint)
+        changes = await asyncio.to_thread(self.splits.store.history, endpoint)
+        return [change.document() for change in changes]
+
     async def health(self) -> dict[str, Any]:
         return {"queueDepth": await self.queue_depth()}
 
     async def queue_depth(self) -> int | None:
         return await asyncio.to_thread(self.broker.depth, REQUEST_QUEUE)
+
+    async def compare(self, endpoint: str, window_s: int) -> dict[str, Any]:
+        names = [d.name for d in self.catalog.get(endpoint).deployments]
+        log = self.store.outcomes()
+        return await asyncio.to_thread(compare_outcomes, log, endpoint, names, window_s, time.time())
+
+    async def recent(self, limit: int = 50) -> list[JobRecord]:
+        jobs = await asyncio.to_thread(self.store.recent, limit)
+        return [j for j in jobs if j.shadow_of is None]  # a shadow's id is never handed out
+
+    def dead_letters(self) -> DeadLetterQueue:
+        return DeadLetterQueue(self.broker, self.store, REQUEST_QUEUE)
 
 
 def _ttl(job: JobRecord) -> float | None:

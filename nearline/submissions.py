@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,10 +57,11 @@ def parse_submission(
     max_body: int = MAX_BODY_BYTES,
     allow: AllowList | None = None,
     deployment: str | None = None,
+    split: Mapping[str, int] | None = None,
 ) -> Submission:
     """Check a submit body against the contract and the pipeline's input schema, and pick the
     deployment: ``deployment`` (the ``nearline-deployment`` header) when given, else one drawn by
-    the endpoint's traffic weights.
+    the traffic weights ``split`` (the endpoint's live split, ``Jobs.split``; default: the file's).
 
     Raises:
         UnknownPipeline: (404) no such pipeline.
@@ -95,7 +98,7 @@ def parse_submission(
         timeout_s=_timeout(doc.get("timeout_s")),
         priority=_priority(doc.get("priority")),
         callback_url=_callback(doc.get("callback_url"), configured_allow_list() if allow is None else allow),
-        deployment=chosen or traffic.choose(spec.traffic, pipeline),
+        deployment=chosen or traffic.choose(spec.traffic if split is None else split, pipeline),
     )
 
 
@@ -128,6 +131,22 @@ def new_job(
         idempotency_key=idempotency_key,
         callback_url=sub.callback_url,
         deployment=sub.deployment,
+    )
+
+
+def shadow_job(live: JobRecord, deployment: str) -> JobRecord:
+    """A shadow of ``live`` for ``deployment`` (docs/deployments.md, Mirroring): the same input
+    and deadline, its own random id (never handed out), the low lane, no key and no callback."""
+    return JobRecord(
+        id=uuid.uuid4().hex,
+        pipeline=live.pipeline,
+        input=live.input,
+        created=live.created,
+        updated=live.updated,
+        deadline=live.deadline,
+        priority=LANES[-1],  # low: shadows never get ahead of live work
+        deployment=deployment,
+        shadow_of=live.id,
     )
 
 

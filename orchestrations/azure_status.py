@@ -16,6 +16,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from nearline import tracing
 from nearline.errors import JobFailure, NearlineError
 from nearline.jobs import JobRecord, JobStatus, error_output, status_document
 
@@ -134,6 +135,7 @@ def orchestrator_input(job: JobRecord) -> dict[str, Any]:
             "priority": job.priority,
             "fingerprint": job.fingerprint,
             **({"deployment": job.deployment} if job.deployment else {}),
+            **({"traceparent": parent} if (parent := tracing.traceparent()) else {}),
             **({"callback_url": job.callback_url, "status_url": job.status_url} if job.callback_url else {}),
         }
     }

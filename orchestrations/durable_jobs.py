@@ -16,6 +16,12 @@ worker took it is never computed, as on every profile.
 Idempotency: there is no store to map a key to a job, so a keyed job's instance id is an HMAC of
 the key's slot under the app's secret (``NEARLINE_SECRET``, :func:`nearline.idempotency.keyed_id`),
 and the request's fingerprint travels in the orchestrator input, where a repeat compares it.
+
+Traffic: an endpoint's live split is its ``endpoint_split`` Durable Entity's state
+(:mod:`orchestrations.split_entity`), read at most once a second per process
+(:mod:`orchestrations.split_readings`); a change signals the entity. The deployment is drawn
+here, in the HTTP starter, and travels in the orchestration's input: the orchestrator never reads
+the entity, so its replays cannot draw differently.
 """
 
 from __future__ import annotations
@@ -24,13 +30,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
 
 from nearline.constants import MAX_BODY_BYTES
-from nearline.errors import BrokerError, ConfigError, Conflict, JobGone, JobNotFound, NearlineError
+from nearline.errors import (
+    BrokerError,
+    ConfigError,
+    Conflict,
+    JobGone,
+    JobNotFound,
+    NearlineError,
+    Unavailable,
+)
 from nearline.idempotency import MIN_SECRET_CHARS, keyed_id
 from nearline.jobs import JobRecord
 from nearline.pipelines.spec import Catalog
+from nearline.pipelines.traffic import Split
 from nearline.service import Jobs
 from nearline.settings import SECRET, FunctionsSettings
 from orchestrations.azure_status import (
@@ -42,6 +58,8 @@ from orchestrations.azure_status import (
     orchestrator_input,
 )
 from orchestrations.delivery import DELIVERY_ORCHESTRATOR, terminated_input
+from orchestrations.split_readings import EntityClient, SplitReadings, entity_id
+from orchestrations.split_state import changed, history, initial_state, state_split
 
 if TYPE_CHECKING:
     from nearline.tombstones import Tombstones
@@ -62,6 +80,7 @@ class DurableJobs(Jobs):
         secret: Reads the installation's secret (default: ``NEARLINE_SECRET``), on use.
         depth: The request queues' cached depth and limit (None: no shedding).
         tombstones: Opens where terminated jobs are recorded for the workers (None: nowhere).
+        splits: The process's readings of the endpoints' live splits (default: this object's own).
     """
 
     def __init__(
@@ -73,6 +92,7 @@ class DurableJobs(Jobs):
         secret: Callable[[], str | None] = lambda: FunctionsSettings.from_env().secret,
         depth: QueueDepth | None = None,
         tombstones: Callable[[], Tombstones | None] = lambda: None,
+        splits: SplitReadings | None = None,
     ) -> None:
         super().__init__(max_body=max_body)
         self._client = client
@@ -80,6 +100,7 @@ class DurableJobs(Jobs):
         self._secret = secret
         self._depth = depth
         self._tombstones = tombstones
+        self._splits = splits if splits is not None else SplitReadings()
 
     @property
     def client(self) -> DurableClient:
@@ -176,6 +197,39 @@ class DurableJobs(Jobs):
             )
         except Exception as exc:  # the job is terminated all the same; say what was lost
             log.error("job %s terminated, but its callback could not be started: %s", job.id, exc)
+
+    async def split(self, endpoint: str) -> Split:
+        pipeline = self.catalog.get(endpoint)  # UnknownPipeline (404) first
+        if self._client is None:  # a route bound without a client: the file's split
+            return pipeline.split
+        state = await self._splits.state(self._entities, endpoint)
+        return pipeline.split if state is None else state_split(state, pipeline)
+
+    async def set_split(self, endpoint: str, split: Split, reason: str = "") -> Split:
+        """Signal the endpoint's entity to hold ``split``; the entity checks it again and applies
+        it (Durable runs its operations one at a time), and this process reads it at once."""
+        pipeline = self.catalog.get(endpoint)
+        current = await self._splits.state(self._entities, endpoint)
+        try:
+            await self._entities.signal_entity(
+                entity_id(endpoint), "set", {**split.document(), "reason": reason}
+            )
+        except Exception as exc:  # the durable client raises bare Exceptions with the host's message
+            raise Unavailable(f"could not change the traffic of endpoint '{endpoint}': {exc}") from exc
+        state = current if current is not None else initial_state(pipeline)
+        self._splits.remember(endpoint, changed(state, split, reason, datetime.now(UTC)))
+        return split
+
+    async def split_history(self, endpoint: str) -> list[dict[str, Any]]:
+        self.catalog.get(endpoint)
+        if self._client is None:
+            return []
+        return history(await self._splits.state(self._entities, endpoint))
+
+    @property
+    def _entities(self) -> EntityClient:
+        # The host's DurableOrchestrationClient is both: the job and the entity operations.
+        return cast("EntityClient", self.client)
 
     async def queue_depth(self) -> int | None:
         return await self._depth.current() if self._depth is not None else None

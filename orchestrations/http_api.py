@@ -8,7 +8,9 @@ functions (``submit``, ``get_job``, ...) are what the tests call in-process.
 
 Keys: the Functions host checks them (``x-functions-key`` header or ``code`` query, app-level
 ``AuthLevel.FUNCTION``) before a handler runs; only health and the pages for people are
-anonymous (``/api/home``, ``/api/docs``: the host puts every route under its prefix).
+anonymous (``/api/home``, ``/api/docs``: the host puts every route under its prefix). The
+contract's admin routes (``Route.admin``: ``PUT /api/endpoints/{name}/traffic``) are
+``AuthLevel.ADMIN``: only the host's master key opens them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from orchestrations import storage
 from orchestrations.azure_status import DurableClient
 from orchestrations.durable_jobs import DurableJobs
 from orchestrations.queue_depth import request_queue_depth
+from orchestrations.split_readings import split_readings
 
 bp = df.Blueprint()
 
@@ -55,7 +58,9 @@ async def handle(
     name: str, req: func.HttpRequest, client: DurableClient | None, pipelines: Pipelines = catalog
 ) -> func.HttpResponse:
     """Answer ``req`` on the contract's route ``name`` (see :data:`nearline.http.handlers.ROUTES`)."""
-    jobs = DurableJobs(client, pipelines, depth=request_queue_depth(), tombstones=storage.tombstones)
+    jobs = DurableJobs(
+        client, pipelines, depth=request_queue_depth(), tombstones=storage.tombstones, splits=split_readings()
+    )
     handlers = h.Handlers(jobs, shed=_shed, page_prefix=ROUTE_PREFIX)
     return _response(await handlers.handle(name, _request(req)))
 
@@ -113,12 +118,22 @@ async def list_pipelines(req: func.HttpRequest, pipelines: Pipelines = catalog) 
     return await handle("pipelines", req, None, pipelines)
 
 
-async def list_endpoints(req: func.HttpRequest, pipelines: Pipelines = catalog) -> func.HttpResponse:
-    return await handle("endpoints", req, None, pipelines)
+async def list_endpoints(
+    req: func.HttpRequest, pipelines: Pipelines = catalog, client: DurableClient | None = None
+) -> func.HttpResponse:
+    return await handle("endpoints", req, client, pipelines)
 
 
-async def read_endpoint(req: func.HttpRequest, pipelines: Pipelines = catalog) -> func.HttpResponse:
-    return await handle("endpoint", req, None, pipelines)
+async def read_endpoint(
+    req: func.HttpRequest, pipelines: Pipelines = catalog, client: DurableClient | None = None
+) -> func.HttpResponse:
+    return await handle("endpoint", req, client, pipelines)
+
+
+async def set_traffic(
+    req: func.HttpRequest, client: DurableClient, pipelines: Pipelines = catalog
+) -> func.HttpResponse:
+    return await handle("traffic", req, client, pipelines)
 
 
 async def health(req: func.HttpRequest, pipelines: Pipelines = catalog) -> func.HttpResponse:
@@ -162,13 +177,21 @@ async def get_pipelines(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="endpoints", methods=["GET"])
-async def get_endpoints(req: func.HttpRequest) -> func.HttpResponse:
-    return await list_endpoints(req, catalog)
+@bp.durable_client_input(client_name="client")
+async def get_endpoints(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    return await list_endpoints(req, catalog, client)
 
 
 @bp.route(route="endpoints/{name}", methods=["GET"])
-async def get_endpoint(req: func.HttpRequest) -> func.HttpResponse:
-    return await read_endpoint(req, catalog)
+@bp.durable_client_input(client_name="client")
+async def get_endpoint(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    return await read_endpoint(req, catalog, client)
+
+
+@bp.route(route="endpoints/{name}/traffic", methods=["PUT"], auth_level=func.AuthLevel.ADMIN)
+@bp.durable_client_input(client_name="client")
+async def put_traffic(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    return await set_traffic(req, client, catalog)
 
 
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 
+from nearline import tracing
 from nearline.brokers.servicebus_wire import claim_name
 from nearline.claim_check import OutOfLine
 from nearline.constants import RESPONSE_QUEUE
@@ -59,6 +61,7 @@ async def deliver(body: bytes, client: DurableClient) -> str:
         log.info("dropping the result of job %s: the job already ended", result.id)
         return "finished"
     await client.raise_event(result.id, RESULT_EVENT, result.to_dict())
+    tracing.ended([(result, result.finished_at)], time.time())
     return "delivered"
 
 

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Generator, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -156,7 +157,7 @@ def enqueue(job: dict[str, Any]) -> dict[str, Any]:
         priority=job["priority"],
         deployment=job.get("deployment"),
     )
-    message = request_message(record, now=time.time())
+    message = replace(request_message(record, now=time.time()), traceparent=job.get("traceparent"))
     ttl_s = float(job["deadline"]) - message.enqueued_at
     if ttl_s <= 0:
         return {"queued": False}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nearline.examples import digits, topics
-from nearline.models import build
+from nearline.models import build, onnx_export
 from nearline.models.repository import ModelRepository
 from nearline.models.torch_backend import TorchBackend
 from nearline.pipelines.runner import PipelineRunner
@@ -107,7 +107,9 @@ def test_build_replaces_model_folders_and_leaves_others(
     assert [p.name for p in tmp_path.iterdir()] == ["repo"]  # no scratch or old folder left beside it
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:5] == ["digits", "v1", "held-out", "accuracy", lines[0].split()[4]]
-    assert lines[-1].startswith(f"built digits into {out} in ")
+    assert lines[1].split()[:4] == ["digits_onnx", "v1", "ONNX", "opset"]
+    assert lines[-1].startswith(f"built digits, digits_onnx into {out} in ")
+    assert ModelRepository(out).versions("digits_onnx") == [1]
 
 
 @pytest.mark.slow
@@ -119,6 +121,17 @@ def test_failed_build_leaves_nothing(
     assert list(tmp_path.iterdir()) == []
     err = capsys.readouterr().err
     assert err.startswith("nearline models build: digits: held-out accuracy 0.9") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_an_onnx_export_that_drifts_from_torch_fails_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(onnx_export, "MIN_COSINE", 1.01)  # no export can point closer than 1.0
+    assert build.main(["--out", str(tmp_path / "repo"), "--only", "digits"]) == 1
+    assert list(tmp_path.iterdir()) == []
+    err = capsys.readouterr().err
+    assert err.startswith("nearline models build: digits_onnx: ONNX Runtime and torch differ (row cosine ")
 
 
 def test_user_error_is_one_line_and_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,6 +22,7 @@ import azure.functions as func
 import httpx
 import pytest
 from durable_history import FakeDurableClient
+from test_azure_entity import EntityClient
 
 from nearline.api import create_app
 from nearline.brokers import open_broker
@@ -30,7 +31,8 @@ from nearline.jobs import JobRecord, JobStatus, status_document
 from nearline.pipelines.spec import Catalog
 from nearline.store import open_store
 from nearline.store_jobs import StoreJobs
-from orchestrations import http_api
+from orchestrations import http_api, split_readings
+from orchestrations.split_readings import SplitReadings
 
 BASE = "https://nearline.example"
 ACCEPTED_KEYS = {"id", "statusQueryGetUri", "terminatePostUri", "purgeHistoryDeleteUri"}
@@ -99,10 +101,14 @@ class AzureSide(Side):
         ("GET", "pipelines"): lambda req, c, cat: http_api.list_pipelines(req, cat),
         ("GET", "health"): lambda req, c, cat: http_api.health(req, cat),
         ("GET", "openapi.json"): lambda req, c, cat: http_api.openapi(req, cat),
+        ("GET", "endpoints"): lambda req, c, cat: (
+            http_api.read_endpoint(req, cat, c) if req.route_params else http_api.list_endpoints(req, cat, c)
+        ),
+        ("PUT", "endpoints"): lambda req, c, cat: http_api.set_traffic(req, c, cat),
     }
 
     def __init__(self, catalog: Catalog) -> None:
-        self.client = FakeDurableClient()
+        self.client: FakeDurableClient = EntityClient()  # with the traffic split's entity
         self.catalog = catalog
 
     def call(
@@ -113,6 +119,8 @@ class AzureSide(Side):
         route = {"pipeline": segments[1]} if segments[0] == "score" else {}
         if segments[0] == "jobs":
             route = {"id": segments[1]}
+        if segments[0] == "endpoints" and len(segments) > 1:
+            route = {"name": segments[1]}
         req = func.HttpRequest(
             method,
             BASE + path,
@@ -186,6 +194,19 @@ ROWS = [
     Row("pipelines", "GET", "/api/pipelines"),
     Row("health", "GET", "/api/health"),
     Row("OpenAPI", "GET", "/api/openapi.json"),
+    Row("endpoints", "GET", "/api/endpoints"),
+    Row("one endpoint", "GET", "/api/endpoints/topics"),
+    Row("an unknown endpoint", "GET", "/api/endpoints/nope", expect=404, code="UnknownPipeline"),
+    Row("change traffic", "PUT", "/api/endpoints/topics/traffic", {"traffic": {"v1": 100}, "reason": "r"}),
+    Row(
+        "traffic that breaks a rule",
+        "PUT",
+        "/api/endpoints/topics/traffic",
+        {"traffic": {"v1": 90}},
+        expect=400,
+        code="BadRequest",
+    ),
+    Row("traffic of an unknown endpoint", "PUT", "/api/endpoints/nope/traffic", {}, expect=404),
 ]
 
 
@@ -214,6 +235,12 @@ def answer(side: Side, row: Row) -> Answer:
 
 
 SIDES: dict[str, Callable[[Catalog], Side]] = {"starlette": StarletteSide, "azure": AzureSide}
+
+
+@pytest.fixture(autouse=True)
+def fresh_split_readings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Azure side reads each endpoint's live split once a second per process: not another row's."""
+    monkeypatch.setattr(split_readings, "_readings", SplitReadings())
 
 
 @pytest.fixture(autouse=True)

@@ -76,9 +76,9 @@ def test_several_deployments_load_with_their_traffic(tmp_path: Path) -> None:
 
 
 def test_a_single_deployment_takes_all_traffic() -> None:
-    topics = load_pipelines().get("topics")
-    assert [d.name for d in topics.deployments] == ["v1"]
-    assert dict(topics.traffic) == {"v1": 100}
+    digits = load_pipelines().get("digits")
+    assert [d.name for d in digits.deployments] == ["v1"]
+    assert dict(digits.traffic) == {"v1": 100}
 
 
 @pytest.mark.parametrize(
@@ -197,7 +197,7 @@ def test_a_worker_never_mixes_deployments_in_one_batch(tmp_path: Path) -> None:
     assert sorted(tag for tag, _ in deployment_steps.BATCHES) == ["blue", "blue", "green"]
     sample = worker.metrics.registry.get_sample_value
     labels = {"pipeline": "ab", "deployment": "green"}
-    assert sample("nearline_worker_results_total", {**labels, "status": "Completed"}) == 4
+    assert sample("nearline_worker_results_total", {**labels, "lane": "normal", "status": "Completed"}) == 4
     assert sample("nearline_worker_compute_seconds_count", labels) == 1  # per deployment
 
 
@@ -274,6 +274,7 @@ def test_the_endpoints_show_their_deployments_models_and_traffic(server: Server)
     (ab,) = [e for e in listed if e["name"] == "ab"]
     assert ab == httpx.get(f"{server.url}/api/endpoints/ab", timeout=5).json()
     assert ab["traffic"] == {"blue": 100, "green": 0}
+    assert ab["mirror"] == {}
     assert [(d["name"], d["traffic"], d["models"]) for d in ab["deployments"]] == [
         ("blue", 100, []),
         ("green", 0, []),
@@ -288,8 +289,15 @@ def test_an_endpoint_document_lists_each_deployments_models() -> None:
         {
             "name": "v1",
             "traffic": 100,
+            "mirror": 0,
             "models": [{"model": "minilm", "version": 1}, {"model": "topics", "version": 1}],
-        }
+        },
+        {
+            "name": "v2",
+            "traffic": 0,
+            "mirror": 0,
+            "models": [{"model": "minilm_onnx", "version": 1}, {"model": "topics", "version": 2}],
+        },
     ]
 
 
@@ -338,7 +346,7 @@ def test_on_azure_the_endpoints_are_listed_by_the_same_handler(tmp_path: Path) -
     )
     resp = run(http_api.read_endpoint(req, lambda: cat))
     assert resp.status_code == 200
-    assert json.loads(resp.get_body()) == cat.get("ab").endpoint_document()
+    assert json.loads(resp.get_body()) == {**cat.get("ab").endpoint_document(), "history": []}
     req = func.HttpRequest("GET", "http://127.0.0.1:7071/api/endpoints", body=b"")
     assert (
         json.loads(run(http_api.list_endpoints(req, lambda: cat)).get_body())["endpoints"][0]["name"] == "ab"

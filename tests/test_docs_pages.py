@@ -78,7 +78,7 @@ def test_an_unknown_or_escaping_docs_file_is_a_404(catalog: Catalog) -> None:
 
 def test_the_landing_page_links_what_the_server_has(catalog: Catalog) -> None:
     links = re.findall(r'<a href="([^"]+)"', starlette_get(catalog, "/").text)
-    assert links == ["/docs", "/api/pipelines", "/api/openapi.json", "/api/health", "/metrics"]
+    assert links == ["/docs", "/api/pipelines", "/api/openapi.json", "/api/health", "/metrics", "/ui"]
     azure = azure_get(catalog, "home", "/api/home").get_body().decode()
     assert re.findall(r'<a href="([^"]+)"', azure) == [
         "/api/docs", "/api/pipelines", "/api/openapi.json", "/api/health"

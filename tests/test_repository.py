@@ -28,10 +28,12 @@ def repo(models_dir: Path) -> ModelRepository:
 
 
 def test_built_repository_lists_the_example_models(repo: ModelRepository) -> None:
-    assert repo.names() == ["digits", "minilm", "topics"]
+    torch_models = ["digits", "minilm", "topics"]
+    assert repo.names() == sorted([*torch_models, *(f"{n}_onnx" for n in torch_models)])
     for name in repo.names():
-        assert repo.versions(name) == [1]
-        assert repo.model_file(name, 1).name == "model.pt"
+        assert repo.versions(name)[0] == 1
+        assert repo.model_file(name, 1).name == ("model.pt" if name in torch_models else "model.onnx")
+    assert repo.versions("topics") == repo.served_versions("topics") == [1, 2]  # version_policy: all
 
 
 @pytest.mark.parametrize("name", ["digits", "minilm", "topics"])

@@ -95,6 +95,7 @@ def test_create_then_get_round_trips_every_field(store: StatusStore) -> None:
         enqueued=False,
         status_url="https://api.example.test/api/jobs/x",
         deployment="v2",
+        shadow_of="live-job-1",
     )
     unset = [
         f.name for f in fields(JobRecord) if f.default is not MISSING and getattr(j, f.name) == f.default

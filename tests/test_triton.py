@@ -1,13 +1,17 @@
 """The Triton backend against a real Triton Inference Server (pytriton's bundled tritonserver).
 
-Same results as the in-process torch backend over gRPC and HTTP, a pipeline mixing backends,
-readiness checks, the row-count guarantee, and a worker riding out (or failing clearly through)
-a Triton outage with no message lost. ``nearline triton serve`` is started as a subprocess.
+Same results as the in-process backends over gRPC and HTTP (TorchScript and ONNX models, every
+version the configs serve: the example ``topics`` endpoint's two deployments, through a worker
+too), a pipeline mixing backends, readiness checks, the row-count guarantee, and a worker riding
+out (or failing clearly through) a Triton outage with no message lost. ``nearline triton serve``
+is started as a subprocess.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +39,7 @@ from nearline.brokers.memory import MemoryBroker
 from nearline.constants import REQUEST_QUEUE, RESPONSE_QUEUE
 from nearline.errors import ConfigError, JobFailure, ModelError
 from nearline.messages import RequestMessage, ResultMessage
+from nearline.models.onnx_backend import OnnxBackend
 from nearline.models.repository import ModelRepository
 from nearline.models.torch_backend import TorchBackend
 from nearline.models.triton_backend import TritonBackend
@@ -88,8 +93,10 @@ def test_bad_urls_are_config_errors(url: str, error: str, models_dir: Path) -> N
 # -- same results as torch -------------------------------------------------------------------
 
 
-def outputs(runner: PipelineRunner, pipeline: str, inputs: list[dict[str, Any]]) -> list[Any]:
-    results = runner.run(pipeline, inputs).results
+def outputs(
+    runner: PipelineRunner, pipeline: str, inputs: list[dict[str, Any]], deployment: str | None = None
+) -> list[Any]:
+    results = runner.run(pipeline, inputs, deployment).results
     failed = [r for r in results if isinstance(r, JobFailure)]
     assert not failed, failed[0].message
     return results
@@ -103,8 +110,9 @@ def assert_same(got: list[Any], want: list[Any], key: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def torch_runner(models_dir: Path, pipelines_file: Path) -> Iterator[PipelineRunner]:
-    runner = PipelineRunner(load_pipelines(pipelines_file), ModelRepository(models_dir), backend="torch")
+def local_runner(models_dir: Path, pipelines_file: Path) -> Iterator[PipelineRunner]:
+    """The example pipelines in process, each step on its own backend (torch or ONNX Runtime)."""
+    runner = PipelineRunner(load_pipelines(pipelines_file), ModelRepository(models_dir))
     yield runner
     runner.close()
 
@@ -112,36 +120,42 @@ def torch_runner(models_dir: Path, pipelines_file: Path) -> Iterator[PipelineRun
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 @pytest.mark.triton
 @pytest.mark.slow
-def test_example_pipelines_on_triton_match_torch(
-    protocol: str, triton_server: TritonProcess, torch_runner: PipelineRunner, models_dir: Path
+def test_example_pipelines_on_triton_match_in_process(
+    protocol: str,
+    triton_server: TritonProcess,
+    local_runner: PipelineRunner,
+    models_dir: Path,
+    pipelines_file: Path,
 ) -> None:
     url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
-    runner = PipelineRunner(
-        torch_runner.catalog, ModelRepository(models_dir), backend="triton", triton_url=url
-    )
+    catalog = load_pipelines(pipelines_file)
+    runner = PipelineRunner(catalog, ModelRepository(models_dir), backend="triton", triton_url=url)
     try:
-        runner.warm()
+        runner.warm()  # every deployment's models: minilm, minilm_onnx, topics 1 and 2 on Triton
         texts = [{"text": t} for t in TEXTS]
         assert_same(
-            outputs(runner, "digits", DIGITS), outputs(torch_runner, "digits", DIGITS), "probabilities"
+            outputs(runner, "digits", DIGITS), outputs(local_runner, "digits", DIGITS), "probabilities"
         )
-        assert_same(outputs(runner, "topics", texts), outputs(torch_runner, "topics", texts), "scores")
+        for deployment in ("v1", "v2"):
+            want = outputs(local_runner, "topics", texts, deployment)
+            assert_same(outputs(runner, "topics", texts, deployment), want, "scores")
     finally:
         runner.close()
 
 
-def inference_count(server: TritonProcess, model: str) -> int:
-    stats = httpx.get(f"{server.http_url}/v2/models/{model}/stats", timeout=5).json()
+def inference_count(server: TritonProcess, model: str, version: int | None = None) -> int:
+    path = f"/v2/models/{model}" + ("" if version is None else f"/versions/{version}") + "/stats"
+    stats = httpx.get(f"{server.http_url}{path}", timeout=5).json()
     return int(sum(s["inference_count"] for s in stats["model_stats"]))
 
 
 @pytest.mark.triton
 @pytest.mark.slow
 def test_mixed_backends_in_one_pipeline_match_torch(
-    triton_server: TritonProcess, torch_runner: PipelineRunner, models_dir: Path
+    triton_server: TritonProcess, local_runner: PipelineRunner, models_dir: Path
 ) -> None:
     texts = [{"text": t} for t in TEXTS]
-    want = outputs(torch_runner, "topics", texts)
+    want = outputs(local_runner, "topics", texts)
     mixed = PipelineRunner(
         load_pipelines(MIXED), ModelRepository(models_dir), triton_url=triton_server.grpc_url
     )
@@ -202,6 +216,141 @@ def test_threads_share_one_backend(protocol: str, triton_server: TritonProcess, 
     assert sorted(got) == list(range(len(batches)))
     for i, x in enumerate(batches):
         np.testing.assert_allclose(got[i], local.infer("digits", 1, {"INPUT__0": x})["OUTPUT__0"], atol=1e-5)
+
+
+# -- ONNX models and several versions ---------------------------------------------------------
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_the_whole_example_repository_is_served_every_version(
+    triton_server: TritonProcess, models_dir: Path
+) -> None:
+    repo = ModelRepository(models_dir)
+    assert {name: triton_server.served[name] for name in repo.names()} == {
+        name: tuple(repo.served_versions(name)) for name in repo.names()
+    }
+    assert triton_server.served["topics"] == (1, 2)
+    for version in (1, 2):
+        ready = f"{triton_server.http_url}/v2/models/topics/versions/{version}/ready"
+        assert httpx.get(ready, timeout=5).status_code == 200
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_each_version_answers_with_its_own_model(triton_server: TritonProcess, models_dir: Path) -> None:
+    repo = ModelRepository(models_dir)
+    x = np.random.default_rng(2).normal(size=(6, 384)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    backend = TritonBackend(repo, triton_server.grpc_url)
+    try:
+        got = {v: backend.infer("topics", v, {"INPUT__0": x})["OUTPUT__0"] for v in (1, 2)}
+    finally:
+        backend.close()
+    local = TorchBackend(repo)
+    for version, scores in got.items():
+        want = local.infer("topics", version, {"INPUT__0": x})["OUTPUT__0"]
+        np.testing.assert_allclose(scores, want, atol=1e-6)
+    assert not np.allclose(got[1], got[2], atol=1e-3), "topics 1 and 2 are different heads"
+
+
+def token_batch(n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    ids = rng.integers(1000, 20000, size=(n, 12)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[n // 2 :, 8:] = 0  # padded rows too
+    return {"INPUT__0": ids, "INPUT__1": mask}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.triton
+@pytest.mark.slow
+def test_onnx_models_on_triton_equal_onnx_runtime_in_process(
+    protocol: str, triton_server: TritonProcess, models_dir: Path
+) -> None:
+    repo = ModelRepository(models_dir)
+    rng = np.random.default_rng(4)
+    cases = {
+        ("digits_onnx", 1): {"INPUT__0": rng.uniform(0, 16, size=(20, 64)).astype(np.float32)},
+        ("topics_onnx", 1): {"INPUT__0": rng.normal(size=(9, 384)).astype(np.float32)},
+    }
+    for version in repo.served_versions("minilm_onnx"):  # 2, the int8 one, when the build kept it
+        cases[("minilm_onnx", version)] = token_batch(7)
+    url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
+    backend, local = TritonBackend(repo, url), OnnxBackend(repo)
+    try:
+        for (model, version), inputs in cases.items():
+            backend.load(model, version)
+            got = backend.infer(model, version, inputs)["OUTPUT__0"]
+            want = local.infer(model, version, inputs)["OUTPUT__0"]
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=f"{model} v{version}")
+    finally:
+        backend.close()
+        local.close()
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_a_worker_on_triton_runs_both_deployments_of_the_example_endpoint(
+    triton_server: TritonProcess, local_runner: PipelineRunner, models_dir: Path, pipelines_file: Path
+) -> None:
+    """What ``python -m workers --model-backend triton`` does: every step of both ``topics``
+    deployments on Triton (v1: minilm + topics 1; v2: minilm_onnx + topics 2)."""
+    broker = MemoryBroker()
+    runner = PipelineRunner(
+        load_pipelines(pipelines_file),
+        ModelRepository(models_dir),
+        backend="triton",
+        triton_url=triton_server.grpc_url,
+    )
+    runner.warm()
+    worker = Worker(broker, runner, config=WorkerConfig(max_batch=8, max_wait_ms=20, lease_s=60))
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    counted = [("minilm", 1), ("minilm_onnx", 1), ("topics", 1), ("topics", 2)]
+    before = {m: inference_count(triton_server, *m) for m in counted}
+    thread.start()
+    try:
+        for deployment in ("v1", "v2"):
+            for i, text in enumerate(TEXTS):
+                job = RequestMessage(f"{deployment}-{i}", "topics", {"text": text}, time.time())
+                job = dataclasses.replace(job, deployment=deployment)
+                broker.send(REQUEST_QUEUE, job.to_json(), message_id=job.id)
+        got = {r.id: r for r in collect(broker, 2 * len(TEXTS), 60)}
+    finally:
+        stop.set()
+        thread.join(15)
+        runner.close()
+    assert len(got) == 2 * len(TEXTS), "every job exactly one result"
+    assert {r.status for r in got.values()} == {"Completed"}, [r.error for r in got.values() if r.error]
+    for deployment in ("v1", "v2"):
+        want = outputs(local_runner, "topics", [{"text": t} for t in TEXTS], deployment)
+        assert_same([got[f"{deployment}-{i}"].output for i in range(len(TEXTS))], want, "scores")
+    ran = {m: inference_count(triton_server, *m) - before[m] for m in counted}
+    assert ran == dict.fromkeys(counted, len(TEXTS)), "v1 on minilm + topics 1, v2 on minilm_onnx + topics 2"
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_a_version_outside_the_version_policy_is_not_served(models_dir: Path, tmp_path: Path) -> None:
+    """Without ``version_policy: all`` Triton's default serves the latest version only."""
+    shutil.copytree(models_dir / "topics", tmp_path / "topics")
+    config = tmp_path / "topics" / "config.pbtxt"
+    config.write_text(re.sub(r"version_policy \{\s*all \{\s*\}\s*\}", "", config.read_text()))
+    assert ModelRepository(tmp_path).served_versions("topics") == [2]
+    server = TritonProcess(tmp_path)
+    try:
+        server.start()
+        assert server.served == {"topics": (2,)}
+        backend = TritonBackend(ModelRepository(tmp_path), f"{server.grpc_url}?retry_s=0.5")
+        try:
+            backend.load("topics", 2)
+            with pytest.raises(ConfigError, match=r"version 1 is not .*serves versions \[2\], not 1"):
+                backend.load("topics", 1)
+        finally:
+            backend.close()
+    finally:
+        server.stop()
 
 
 # -- guarantees and readiness ----------------------------------------------------------------

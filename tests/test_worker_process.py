@@ -133,7 +133,8 @@ def test_health_readiness_and_metrics_endpoints(system, tmp_path: Path) -> None:
         assert poll(lambda: store.get("m1").status is JobStatus.COMPLETED, 30)
         metrics = httpx.get(f"{base}/metrics").text
         for name in (
-            "nearline_worker_batch_size",
+            "nearline_worker_batch_size_messages",
+            "nearline_worker_ready 1.0",
             "nearline_worker_queue_wait_seconds",
             "nearline_worker_step_seconds",
             "nearline_worker_results_total",

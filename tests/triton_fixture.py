@@ -63,6 +63,8 @@ class TritonProcess:
     def __init__(self, models_dir: Path, models: list[str] | None = None) -> None:
         self.models_dir, self.models = models_dir, models
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+        #: Model name → the versions served (set by :meth:`start`).
+        self.served: dict[str, tuple[int, ...]] = {}
         self._stack: contextlib.ExitStack | None = None
 
     @property
@@ -80,7 +82,7 @@ class TritonProcess:
             unavailable(TRITON, f"pytriton is not installed: {exc}")
         stack = contextlib.ExitStack()
         try:
-            stack.enter_context(
+            server = stack.enter_context(
                 serve_repository(
                     self.models_dir,
                     http_port=self.http_port,
@@ -92,7 +94,7 @@ class TritonProcess:
         except NearlineError as exc:
             stack.close()
             unavailable(TRITON, f"Triton did not start: {exc.message}")
-        self._stack = stack
+        self.served, self._stack = server.models, stack
 
     def stop(self) -> None:
         if self._stack is not None:
@@ -102,10 +104,12 @@ class TritonProcess:
 
 @pytest.fixture(scope="session", name="triton_repository")
 def triton_repository_fixture(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example models (linked) plus ``droprow``, a model that returns too few rows."""
+    """The whole example repository (linked: TorchScript and ONNX models, every version) plus
+    ``droprow``, a model that returns too few rows."""
     root = tmp_path_factory.mktemp("triton-models")
-    for name in ("digits", "minilm", "topics"):
-        (root / name).symlink_to((models_dir / name).resolve(), target_is_directory=True)
+    for model in models_dir.iterdir():
+        if (model / "config.pbtxt").is_file():
+            (root / model.name).symlink_to(model.resolve(), target_is_directory=True)
     fp32 = pb.TYPE_FP32
     save_model(root / "droprow", DropRow(), model_config("droprow", [(fp32, [2])], [(fp32, [2])]))
     return root

@@ -27,6 +27,7 @@ def create_app(
     jobs: Jobs,
     api_keys: tuple[str, ...] = (),
     *,
+    admin_keys: tuple[str, ...] = (),
     health: Callable[[], Mapping[str, Any]] | None = None,
     body_timeout_s: float = BODY_TIMEOUT_S,
     metrics: ApiMetrics | None = None,
@@ -36,13 +37,14 @@ def create_app(
     Args:
         jobs: The job seam.
         api_keys: The keys a request must carry; empty: no keys are asked for.
+        admin_keys: Keys that also open the admin routes (see :class:`~nearline.http.handlers.Handlers`).
         health: What the server adds to ``GET /api/health`` (its workers' state).
         body_timeout_s: A request body must arrive whole within this many seconds.
         metrics: What ``GET /metrics`` shows (the server's other parts may count in its
             registry too); default: a fresh one.
     """
     metrics = metrics or ApiMetrics()
-    handlers = h.Handlers(jobs, api_keys=api_keys, metrics=metrics, health=health)
+    handlers = h.Handlers(jobs, api_keys=api_keys, admin_keys=admin_keys, metrics=metrics, health=health)
     return Starlette(
         routes=[
             Route(r.path, _endpoint(handlers, r.name, body_timeout_s), methods=[r.method]) for r in h.ROUTES

@@ -19,7 +19,7 @@ min-idle-time=horizon`` exactly L ms later; an idle time at or past the horizon 
 
 from __future__ import annotations
 
-_PRELUDE = """
+PRELUDE = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -41,34 +41,46 @@ local function drop(prefix, group, lane, entry, mid)
 end
 """
 
-#: KEYS: lane stream, id key, expiry zset, blob key.
-#: ARGV: message id, lane, body, "1" to store the body as a blob, TTL ms or "", blob TTL ms.
-#: Returns 1 when enqueued, 0 when a message with that id is still queued or leased.
-SEND = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-local fields = {'id', ARGV[1]}
-local exp = nil
-if ARGV[5] ~= '' then
-  exp = string.format('%.0f', now_ms() + tonumber(ARGV[5]))
-  table.insert(fields, 'exp'); table.insert(fields, exp)
+#: ``send(K, A)``: K: lane stream, id key, expiry zset, blob key.
+#: A: message id, lane, body, "1" to store the body as a blob, TTL ms or "", blob TTL ms.
+#: Returns 1 when enqueued, 0 when a message with that id is still queued or leased. A function,
+#: so that the status store's submit script (:mod:`nearline.store.redis_submit`) sends with it too.
+SEND_FUNCTION = """
+local function send(K, A)
+  if redis.call('EXISTS', K[2]) == 1 then return 0 end
+  local fields = {'id', A[1]}
+  local exp = nil
+  if A[5] ~= '' then
+    exp = string.format('%.0f', now_ms() + tonumber(A[5]))
+    table.insert(fields, 'exp'); table.insert(fields, exp)
+  end
+  if A[4] == '1' then
+    redis.call('SET', K[4], A[3], 'PX', A[6])
+    table.insert(fields, 'blob'); table.insert(fields, '1')
+  else
+    table.insert(fields, 'body'); table.insert(fields, A[3])
+  end
+  local entry = redis.call('XADD', K[1], '*', unpack(fields))
+  redis.call('SET', K[2], entry)
+  if exp then redis.call('ZADD', K[3], exp, A[2] .. '|' .. entry .. '|' .. A[1]) end
+  return 1
 end
-if ARGV[4] == '1' then
-  redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[6])
-  table.insert(fields, 'blob'); table.insert(fields, '1')
-else
-  table.insert(fields, 'body'); table.insert(fields, ARGV[3])
-end
-local entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
-redis.call('SET', KEYS[2], entry)
-if exp then redis.call('ZADD', KEYS[3], exp, ARGV[2] .. '|' .. entry .. '|' .. ARGV[1]) end
-return 1
 """
+
+#: KEYS and ARGV: those of ``send``.
+SEND = (
+    SEND_FUNCTION
+    + """
+return send(KEYS, ARGV)
+"""
+)
 
 #: KEYS: the lane streams, highest lane first. ARGV: group, consumer, max messages, lease ms,
 #: horizon ms, queue prefix, then per lane its name and XAUTOCLAIM cursor.
 #: Returns {cursors, deliveries, last ids, length}; a delivery is {lane index, entry id,
 #: delivery count, message id, body, "1" if the body is a blob}. Last ids and length (entries
-#: waiting or leased) only when nothing was delivered: the caller blocks on them.
+#: waiting or leased) whenever fewer than max messages were delivered (every new entry was
+#: taken): the caller blocks on them, now or on its next receive, with no empty look first.
 RECEIVE = """
 local group, consumer, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local horizon, prefix = tonumber(ARGV[5]), ARGV[6]
@@ -121,7 +133,7 @@ for i = 1, #KEYS do
 end
 
 local last, length = {}, 0
-if #out == 0 then
+if #out < n then
   for i = 1, #KEYS do
     local tail = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
     last[i] = tail[1] and tail[1][1] or '0-0'
@@ -159,23 +171,33 @@ drop(prefix, group, lane, entry, mid)
 return 1
 """
 
-#: KEYS: the lane streams, the expiry zset. ARGV: group, horizon ms, queue prefix, scan limit.
-#: Drops messages whose TTL has passed and that no live lease holds; returns the number of
-#: entries left (waiting or leased).
-DEPTH = """
-local group, horizon, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local zset = KEYS[#KEYS]
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', zset, '-inf', now_ms(), 'LIMIT', 0, ARGV[4])) do
-  local lane, entry, mid = string.match(member, '^([^|]*)|([^|]*)|(.*)$')
-  local p = redis.call('XPENDING', prefix .. ':' .. lane, group, entry, entry, 1)[1]
-  if not p or tonumber(p[3]) >= horizon then
-    drop(prefix, group, lane, entry, mid)
+#: ``depth(K, A)``: K: the lane streams, the expiry zset. A: group, horizon ms, queue prefix,
+#: scan limit. Drops messages whose TTL has passed and that no live lease holds; returns the
+#: number of entries left (waiting or leased). A function, for the submit script too.
+DEPTH_FUNCTION = """
+local function depth(K, A)
+  local group, horizon, prefix = A[1], tonumber(A[2]), A[3]
+  local zset = K[#K]
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', zset, '-inf', now_ms(), 'LIMIT', 0, A[4])) do
+    local lane, entry, mid = string.match(member, '^([^|]*)|([^|]*)|(.*)$')
+    local p = redis.call('XPENDING', prefix .. ':' .. lane, group, entry, entry, 1)[1]
+    if not p or tonumber(p[3]) >= horizon then
+      drop(prefix, group, lane, entry, mid)
+    end
   end
+  local length = 0
+  for i = 1, #K - 1 do length = length + redis.call('XLEN', K[i]) end
+  return length
 end
-local length = 0
-for i = 1, #KEYS - 1 do length = length + redis.call('XLEN', KEYS[i]) end
-return length
 """
+
+#: KEYS and ARGV: those of ``depth``.
+DEPTH = (
+    DEPTH_FUNCTION
+    + """
+return depth(KEYS, ARGV)
+"""
+)
 
 #: KEYS: the lane streams. ARGV: group, this consumer, idle ms after which an empty consumer
 #: of another process is forgotten. Deletes consumers with nothing pending (this one, and dead
@@ -195,9 +217,9 @@ return removed
 """
 
 SCRIPTS = {
-    "send": _PRELUDE + SEND,
-    "receive": _PRELUDE + RECEIVE,
-    "settle": _PRELUDE + SETTLE,
-    "depth": _PRELUDE + DEPTH,
-    "forget_consumers": _PRELUDE + FORGET_CONSUMERS,
+    "send": PRELUDE + SEND,
+    "receive": PRELUDE + RECEIVE,
+    "settle": PRELUDE + SETTLE,
+    "depth": PRELUDE + DEPTH,
+    "forget_consumers": PRELUDE + FORGET_CONSUMERS,
 }

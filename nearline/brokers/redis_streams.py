@@ -49,7 +49,6 @@ way every time, so it is a plain :class:`NearlineError` (:func:`redis_error`).
 from __future__ import annotations
 
 import os
-import re
 import socket
 import threading
 import time
@@ -57,15 +56,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
 from nearline.brokers.base import Broker, DeadLetter, Delivery, LeaseLost
+from nearline.brokers.redis_client import connect, redis_error
 from nearline.brokers.redis_lua import SCRIPTS
 from nearline.claim_check import ClaimCheck, RedisBlobs
 from nearline.constants import DEFAULT_LANE, LANES, LEASE_S
-from nearline.errors import BrokerError, NearlineError
 
 #: The consumer group on every lane stream (KEDA's ``consumerGroup``).
 GROUP = "nearline"
@@ -87,19 +85,6 @@ EXPIRY_SCAN = 1000
 #: Empty consumers of other processes idle this long are forgotten when a broker closes.
 FORGET_IDLE_S = 3600.0
 
-#: Redis errors that pass: retrying the same call later can succeed.
-TRANSIENT_ERRORS: tuple[type[redis.RedisError], ...] = (
-    redis.ConnectionError,  # refused, reset, closed; also LOADING (BusyLoadingError) after a restart
-    redis.TimeoutError,
-    redis.exceptions.InvalidResponse,  # a connection cut mid-reply
-    redis.exceptions.OutOfMemoryError,  # full under noeviction: consumers free memory
-    redis.exceptions.ReadOnlyError,  # a failover in progress: the primary became a replica
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,  # also MASTERDOWN
-)
-#: Transient replies redis-py has no class for (a pipeline's error puts text before them).
-_TRANSIENT_REPLY = re.compile(r"(?:^|: )(?:BUSY|NOREPLICAS) ")
-
 _HORIZON_MS = int(LEASE_HORIZON_S * 1000)
 # _SINGLE: a pipeline of scripts costs a round trip more than its commands (redis-py sends
 # SCRIPT EXISTS before it), so one message is sent, or settled, with the script alone: the
@@ -117,25 +102,10 @@ def dead_key(queue: str) -> str:
     return f"{queue}:dead"
 
 
-def redis_error(what: str, exc: redis.RedisError) -> NearlineError:
-    """``exc`` as nearline's error: :class:`BrokerError` when it passes, else :class:`NearlineError`."""
-    if isinstance(exc, TRANSIENT_ERRORS) or _TRANSIENT_REPLY.search(str(exc)):
-        return BrokerError(f"{what}: {exc}")
-    return NearlineError(f"{what}: Redis refused the operation: {exc}")
-
-
-def connect(url: str, own_options: Sequence[str]) -> tuple[redis.Redis, dict[str, str], str]:
-    """A client for ``url``; nearline's own query options split off; the URL without password.
-
-    Returns:
-        ``(client, {option: value} for own_options present, redacted url)``.
-    """
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query)
-    own = {k: v for k, v in query if k in own_options}
-    rest = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k not in own])))
-    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2])
-    return redis.Redis.from_url(rest), own, urlunsplit(shown)
+def _depth_args(queue: str) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the ``depth`` script."""
+    keys = [*(stream_key(queue, lane) for lane in LANES), f"{queue}:expiry"]
+    return keys, [GROUP, _HORIZON_MS, queue, EXPIRY_SCAN]
 
 
 class RedisBroker(Broker):
@@ -148,6 +118,7 @@ class RedisBroker(Broker):
         self._scripts = {name: self._redis.register_script(src) for name, src in SCRIPTS.items()}
         self._ready: set[str] = set()
         self._cursors: dict[str, list[str]] = {}
+        self._seen: dict[str, tuple[list[bytes], int]] = {}
         self._lock = threading.Lock()
 
     # -- plumbing -----------------------------------------------------------------------
@@ -193,20 +164,8 @@ class RedisBroker(Broker):
         lane: str = DEFAULT_LANE,
         ttl_s: float | None = None,
     ) -> None:
-        if lane not in LANES:
-            raise ValueError(f"unknown lane {lane!r}; expected one of {LANES}")
-        ttl = "" if ttl_s is None else str(max(int(ttl_s * 1000), 1))
-        blob_ttl = str(int(self.claim_check.blob_ttl_s(ttl_s) * 1000))
-
         def one(message_id: str, body: bytes, client: Any) -> None:
-            keys = [
-                stream_key(queue, lane),
-                f"{queue}:msg:{message_id}",
-                f"{queue}:expiry",
-                self.claim_check.blob_key(queue, message_id),
-            ]
-            blob = "1" if self.claim_check.needed(body) else "0"
-            self._script("send", keys, [message_id, lane, body, blob, ttl, blob_ttl], client)
+            self._script("send", *self._send_args(queue, message_id, body, lane, ttl_s), client)
 
         def run() -> None:
             if len(messages) == 1:  # one round trip (see _SINGLE)
@@ -220,6 +179,40 @@ class RedisBroker(Broker):
         if messages:
             self._call(queue, run)
 
+    def _send_args(
+        self, queue: str, message_id: str, body: bytes, lane: str, ttl_s: float | None
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the ``send`` script for one message."""
+        if lane not in LANES:
+            raise ValueError(f"unknown lane {lane!r}; expected one of {LANES}")
+        ttl = "" if ttl_s is None else str(max(int(ttl_s * 1000), 1))
+        blob_ttl = str(int(self.claim_check.blob_ttl_s(ttl_s) * 1000))
+        keys = [
+            stream_key(queue, lane),
+            f"{queue}:msg:{message_id}",
+            f"{queue}:expiry",
+            self.claim_check.blob_key(queue, message_id),
+        ]
+        blob = "1" if self.claim_check.needed(body) else "0"
+        return keys, [message_id, lane, body, blob, ttl, blob_ttl]
+
+    def send_parts(
+        self, queue: str, message_id: str, body: bytes, lane: str, ttl_s: float | None
+    ) -> tuple[list[str], list[Any], list[str], list[Any]]:
+        """KEYS and ARGV of the ``send`` and the ``depth`` scripts' functions (:mod:`redis_lua`),
+        for a script of another module that sends one message as part of its own step (the
+        status store's submit, :mod:`nearline.store.redis_submit`). Makes the queue's consumer
+        groups first, if this broker has not yet.
+        """
+        self._call(queue, lambda: None)
+        return (*self._send_args(queue, message_id, body, lane, ttl_s), *_depth_args(queue))
+
+    def same_database(self, client: redis.Redis) -> bool:
+        """Whether ``client`` talks to this broker's Redis server and database."""
+        mine, theirs = self._redis.connection_pool.connection_kwargs, client.connection_pool.connection_kwargs
+        fields = ("host", "port", "path", "db", "username")
+        return all(mine.get(f) == theirs.get(f) for f in fields)
+
     # -- receiving ----------------------------------------------------------------------
 
     def receive(
@@ -229,9 +222,18 @@ class RedisBroker(Broker):
             return []
         deadline = time.monotonic() + max(wait_s, 0.0)
         lease_ms = max(min(int(lease_s * 1000), _HORIZON_MS), 1)
+        # What the last receive saw at the streams' ends, when it took every new entry: block
+        # on it first instead of looking at streams known to hold nothing new (a round trip).
+        seen = self._seen.pop(queue, None) if wait_s >= SHORT_WAIT_S else None
         while True:
-            found, last_ids, length = self._call(queue, partial(self._lease, queue, max_messages, lease_ms))
+            if seen is not None:
+                self._block(queue, *seen, deadline - time.monotonic())
+            found, last_ids, length, scanned = self._call(
+                queue, partial(self._lease, queue, max_messages, lease_ms)
+            )
             if found:
+                if len(found) < max_messages and scanned:
+                    self._seen[queue] = (last_ids, length)
                 return self._call(queue, partial(self._deliveries, queue, found))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -241,17 +243,26 @@ class RedisBroker(Broker):
                 # default): a 5 ms XREAD BLOCK comes back after ~100 ms. A short wait polls.
                 time.sleep(min(remaining, SHORT_POLL_S))
                 continue
-            # Leased entries may expire while we wait: look again soon. Otherwise only a new
-            # entry can change anything, and XREAD BLOCK wakes on that at once; its timeout may
-            # run up to 1/hz late, which a wait this long (the worker's and the lifecycle's
-            # idle waits) affords better than polling through its last 100 ms.
-            pause = min(remaining, BLOCK_MAX_S, RECOVERY_POLL_S if length else BLOCK_MAX_S)
-            streams: dict[Any, Any] = {
-                stream_key(queue, lane): last for lane, last in zip(LANES, last_ids, strict=True)
-            }
-            self._call(queue, partial(self._redis.xread, streams, count=1, block=max(int(pause * 1000), 1)))
+            seen = (last_ids, length)
 
-    def _lease(self, queue: str, n: int, lease_ms: int) -> tuple[list[Any], list[bytes], int]:
+    def _block(self, queue: str, last_ids: list[bytes], length: int, remaining: float) -> None:
+        """XREAD BLOCK on the lanes past ``last_ids`` for at most ``remaining`` seconds.
+
+        Leased entries may expire while we wait: look again soon. Otherwise only a new entry can
+        change anything, and XREAD BLOCK wakes on that at once; its timeout may run up to 1/hz
+        late, which a wait this long (the worker's and the lifecycle's idle waits) affords
+        better than polling through its last 100 ms.
+        """
+        if remaining <= 0:
+            return
+        pause = min(remaining, BLOCK_MAX_S, RECOVERY_POLL_S if length else BLOCK_MAX_S)
+        keys = [stream_key(queue, lane) for lane in LANES]
+        streams: dict[Any, Any] = dict(zip(keys, last_ids, strict=True))
+        self._call(queue, partial(self._redis.xread, streams, count=1, block=max(int(pause * 1000), 1)))
+
+    def _lease(self, queue: str, n: int, lease_ms: int) -> tuple[list[Any], list[bytes], int, bool]:
+        """The receive script: (deliveries, last ids, length, whether every lane's scan for
+        expired leases is complete)."""
         cursors = self._cursors.get(queue) or ["0-0"] * len(LANES)
         args: list[Any] = [GROUP, self.consumer, n, lease_ms, _HORIZON_MS, queue]
         for lane, cursor in zip(LANES, cursors, strict=True):
@@ -259,7 +270,7 @@ class RedisBroker(Broker):
         keys = [stream_key(queue, lane) for lane in LANES]
         new_cursors, found, last_ids, length = self._script("receive", keys, args)
         self._cursors[queue] = [c.decode() for c in new_cursors]
-        return found, last_ids, int(length)
+        return found, last_ids, int(length), all(c == "0-0" for c in self._cursors[queue])
 
     def _deliveries(self, queue: str, found: list[Any]) -> list[Delivery]:
         blob_ids = [row[3].decode() for row in found if row[5] == b"1"]
@@ -325,6 +336,7 @@ class RedisBroker(Broker):
         return [d for d, ok in zip(deliveries, done, strict=True) if not ok]
 
     def abandon(self, delivery: Delivery) -> None:
+        self._seen.pop(delivery.queue, None)  # claimable at once: the next receive looks first
         self._settle(delivery, "abandon")
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -333,8 +345,7 @@ class RedisBroker(Broker):
     # -- inspection ---------------------------------------------------------------------
 
     def depth(self, queue: str) -> int:
-        keys = [*(stream_key(queue, lane) for lane in LANES), f"{queue}:expiry"]
-        args = [GROUP, _HORIZON_MS, queue, EXPIRY_SCAN]
+        keys, args = _depth_args(queue)
         return int(self._call(queue, lambda: self._script("depth", keys, args)))
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:

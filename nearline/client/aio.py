@@ -19,9 +19,11 @@ from nearline.client.plans import (
     StatusCallback,
     fetch_plan,
     outcome,
+    put_plan,
     send_plan,
     submit_body,
     submit_plan,
+    traffic_body,
     wait_plan,
 )
 from nearline.client.protocol import (
@@ -104,6 +106,26 @@ class AsyncClient:
     async def health(self) -> dict[str, Any]:
         """The server's health document (``GET /api/health``)."""
         return dict(await self._run(fetch_plan(api_url(self.base_url, "health"))))
+
+    async def endpoints(self) -> list[dict[str, Any]]:
+        """Every endpoint: deployments, models, live ``traffic`` and ``mirror``, ``history``."""
+        return list((await self._run(fetch_plan(api_url(self.base_url, "endpoints"))))["endpoints"])
+
+    async def endpoint(self, name: str) -> dict[str, Any]:
+        """One endpoint's document (``GET /api/endpoints/{name}``); ApiNotFound if unknown."""
+        return dict(await self._run(fetch_plan(api_url(self.base_url, "endpoints", name))))
+
+    async def set_traffic(
+        self, name: str, traffic: dict[str, int], *, mirror: dict[str, int] | None = None, reason: str = ""
+    ) -> dict[str, Any]:
+        """Change an endpoint's live split (an admin key); see :meth:`Client.set_traffic`."""
+        url = api_url(self.base_url, "endpoints", name, "traffic")
+        return dict(await self._run(put_plan(url, traffic_body(traffic, mirror, reason))))
+
+    async def compare(self, name: str, window_s: int = 300) -> dict[str, Any]:
+        """The endpoint's deployments compared; see :meth:`Client.compare`."""
+        url = api_url(self.base_url, "endpoints", name, "compare") + f"?window_s={int(window_s)}"
+        return dict(await self._run(fetch_plan(url)))
 
     async def close(self) -> None:
         """Close the connection pool."""

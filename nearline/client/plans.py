@@ -252,6 +252,17 @@ def fetch_plan(url: str) -> Plan[Any]:
     return read_json(check(response, RETRY_AFTER_S))
 
 
+def put_plan(url: str, body: Any) -> Plan[Any]:
+    """``PUT url`` with a JSON body → its JSON answer (changing an endpoint's traffic)."""
+    response = yield Call("PUT", url, json=body)
+    return read_json(check(response, RETRY_AFTER_S))
+
+
+def traffic_body(traffic: dict[str, int], mirror: dict[str, int] | None, reason: str) -> dict[str, Any]:
+    """The body of ``PUT /api/endpoints/{name}/traffic`` (docs/api.md)."""
+    return {"traffic": traffic, **({"mirror": mirror} if mirror is not None else {}), "reason": reason}
+
+
 def send_plan(method: str, url: str) -> Plan[None]:
     """A request whose answer only has to be a success (terminate, purge)."""
     response = yield Call(method, url)

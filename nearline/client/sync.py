@@ -18,9 +18,11 @@ from nearline.client.plans import (
     StatusCallback,
     fetch_plan,
     outcome,
+    put_plan,
     send_plan,
     submit_body,
     submit_plan,
+    traffic_body,
     wait_plan,
 )
 from nearline.client.protocol import (
@@ -130,6 +132,29 @@ class Client:
     def health(self) -> dict[str, Any]:
         """The server's health document (``GET /api/health``)."""
         return dict(self._run(fetch_plan(api_url(self.base_url, "health"))))
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """Every endpoint: deployments, models, live ``traffic`` and ``mirror``, ``history``."""
+        return list(self._run(fetch_plan(api_url(self.base_url, "endpoints")))["endpoints"])
+
+    def endpoint(self, name: str) -> dict[str, Any]:
+        """One endpoint's document (``GET /api/endpoints/{name}``); ApiNotFound if unknown."""
+        return dict(self._run(fetch_plan(api_url(self.base_url, "endpoints", name))))
+
+    def set_traffic(
+        self, name: str, traffic: dict[str, int], *, mirror: dict[str, int] | None = None, reason: str = ""
+    ) -> dict[str, Any]:
+        """Change an endpoint's live split (an admin key; ``mirror`` None: no mirroring); returns
+        the endpoint's document. ApiBadRequest names a broken rule; ApiUnauthorized is a key that is
+        missing, wrong or not an admin key (401, 403)."""
+        url = api_url(self.base_url, "endpoints", name, "traffic")
+        return dict(self._run(put_plan(url, traffic_body(traffic, mirror, reason))))
+
+    def compare(self, name: str, window_s: int = 300) -> dict[str, Any]:
+        """The endpoint's deployments compared over the last ``window_s`` seconds (1..3600):
+        ``GET /api/endpoints/{name}/compare`` (docs/deployments.md)."""
+        url = api_url(self.base_url, "endpoints", name, "compare") + f"?window_s={int(window_s)}"
+        return dict(self._run(fetch_plan(url)))
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -7,7 +7,9 @@ builds the step that names the scores with the ``topics`` model's labels file.
 
 Build (``nearline models build``): :func:`train_head` makes the head, a ``Linear(384 → 7)`` with
 softmax, whose weights start as the normalised mean embedding of each topic's descriptions and
-are refined on a small labelled set (:data:`EXAMPLES`) with a fixed seed.
+are refined on a small labelled set (:data:`EXAMPLES`) with a fixed seed. :data:`HEADS` gives
+each version its seed and pull: v1 is the endpoint's live head, v2 a second one (another seed,
+held less close to the descriptions) that the example endpoint deploys with no traffic.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ TOKENIZER_FILE = "tokenizer.json"
 _SCALE = 20.0  # cosine similarities span ~0.1..0.7: scale so softmax is decisive before refining
 _STEPS = 200
 _PULL = 1.0  # L2 pull of the refined weights toward the description prototypes (keeps them general)
+#: Each head version (``models/topics/<v>``): its (seed, pull).
+HEADS = {1: (SEED, _PULL), 2: (1, 0.5)}
 
 
 def load_tokenizer(path: str | Path, max_length: int = MAX_TOKENS) -> Tokenizer:
@@ -89,13 +93,14 @@ def labeller(
 
 
 def train_head(
-    embed: Callable[[Sequence[str]], np.ndarray], seed: int = SEED
+    embed: Callable[[Sequence[str]], np.ndarray], seed: int = SEED, pull: float = _PULL
 ) -> tuple[torch.nn.Module, float]:
     """Make the topic head from description prototypes refined on :data:`EXAMPLES`.
 
     Args:
         embed: Sentences → L2-normalised embeddings ``[n, 384]`` (the exported MiniLM).
         seed: torch seed.
+        pull: Weight of the L2 pull toward the description prototypes.
 
     Returns:
         The head (embedding in, softmax over :data:`TOPICS` out, eval mode) and its accuracy on
@@ -118,8 +123,8 @@ def train_head(
     optimiser = torch.optim.Adam(linear.parameters(), lr=0.01)
     for _ in range(_STEPS):
         optimiser.zero_grad()
-        pull = (linear.weight - anchor).pow(2).sum() / anchor.pow(2).sum()
-        (nn.functional.cross_entropy(linear(features), targets) + _PULL * pull).backward()
+        drift = (linear.weight - anchor).pow(2).sum() / anchor.pow(2).sum()
+        (nn.functional.cross_entropy(linear(features), targets) + pull * drift).backward()
         optimiser.step()
     head = nn.Sequential(linear, nn.Softmax(dim=1)).eval()
     with torch.inference_mode():

@@ -19,13 +19,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nearline import __version__
 from nearline.constants import DEPLOYMENT_HEADERS, RETRY_AFTER_S
-from nearline.errors import NearlineError, Overloaded, PageNotFound, Unauthorized, http_error
-from nearline.http import pages
+from nearline.errors import Forbidden, NearlineError, Overloaded, PageNotFound, Unauthorized, http_error
+from nearline.http import admin, pages
+from nearline.http import dashboard as ui
 from nearline.http.metrics import ApiMetrics
 from nearline.http.openapi import openapi_document
 from nearline.idempotency import caller_scope
 from nearline.jobs import JobRecord, job_urls, poll_headers, status_document
+from nearline.outcomes import parse_window
 from nearline.service import Jobs
+from nearline.splits.request import parse_split_request
 from nearline.submissions import parse_wait
 
 log = logging.getLogger("nearline.api")
@@ -42,6 +45,7 @@ class Route:
     path: str
     name: str
     auth: bool = True
+    admin: bool = False
 
 
 #: The contract's routes. Adapters register each of them (Azure: all but ``metrics``). Only the
@@ -55,6 +59,17 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/pipelines", "pipelines"),
     Route("GET", "/api/endpoints", "endpoints"),
     Route("GET", "/api/endpoints/{name}", "endpoint"),
+    Route("PUT", "/api/endpoints/{name}/traffic", "traffic", admin=True),
+    Route("GET", "/api/endpoints/{name}/compare", "compare"),
+    # Dead letters (nearline/http/admin.py; docs/operations.md). Not on Azure: `nearline dlq`.
+    Route("GET", "/api/admin/deadletters", "admin_deadletters", admin=True),
+    Route("GET", "/api/admin/deadletters/{id}", "admin_deadletter", admin=True),
+    Route("POST", "/api/admin/deadletters/redrive", "admin_redrive", admin=True),
+    Route("DELETE", "/api/admin/deadletters", "admin_purge", admin=True),
+    # The dashboard (nearline/http/dashboard/): it checks keys itself (?code= once, then a cookie).
+    Route("GET", "/ui", "dashboard", auth=False),
+    Route("GET", "/ui/{page:path}", "dashboard_page", auth=False),
+    Route("POST", "/ui/{page:path}", "dashboard_post", auth=False),
     Route("GET", "/api/health", "health", auth=False),
     Route("GET", "/api/openapi.json", "openapi"),
     Route("GET", "/metrics", "metrics"),
@@ -103,6 +118,9 @@ class Handlers:
         jobs: The job seam.
         api_keys: Keys a request must carry (``x-functions-key`` or ``?code=``) on routes with
             ``auth``; empty: no keys (on Azure the Functions host checks them instead).
+        admin_keys: Keys that also open the routes with ``admin`` (changing traffic, dead
+            letters). With any key configured, an admin route refuses every other key (403);
+            with none at all, every route is open (Azure: the host's admin level guards them).
         metrics: Where requests are counted; None: not counted.
         health: What the server adds to ``GET /api/health``, e.g. ``{"status": "degraded",
             "reason": ...}`` while a worker it runs is down (``nearline serve``).
@@ -116,6 +134,7 @@ class Handlers:
         jobs: Jobs,
         *,
         api_keys: tuple[str, ...] = (),
+        admin_keys: tuple[str, ...] = (),
         metrics: ApiMetrics | None = None,
         health: Callable[[], Mapping[str, Any]] | None = None,
         shed: ShedLog | None = None,
@@ -123,6 +142,7 @@ class Handlers:
     ) -> None:
         self.jobs = jobs
         self.api_keys = api_keys
+        self.admin_keys = admin_keys
         self.api_metrics = metrics
         self.server_health = health
         self._routes = {r.name: r for r in ROUTES}
@@ -134,8 +154,10 @@ class Handlers:
         route = self._routes[name]
         started = time.perf_counter()
         try:
-            if route.auth:
-                authorize(request, self.api_keys)
+            if route.admin:
+                authorize_admin(request, self.api_keys, self.admin_keys)
+            elif route.auth:
+                authorize(request, self.api_keys + self.admin_keys)
             response = await getattr(self, name)(request)
         except Overloaded as exc:
             self._shed.record(exc.message)
@@ -193,8 +215,9 @@ class Handlers:
 
     async def terminate(self, request: Request) -> Response:
         job_id = request.params.get("id", "")
-        await self.jobs.terminate(job_id, request.query.get("reason", ""))
-        return Response(202, headers=self._poll_headers(request, job_id))
+        job = await self.jobs.terminate(job_id, request.query.get("reason", ""))
+        deployment = _deployment_header(job) if job is not None else {}
+        return Response(202, headers={**self._poll_headers(request, job_id), **deployment})
 
     async def purge(self, request: Request) -> Response:
         deleted = await self.jobs.purge(request.params.get("id", ""))
@@ -206,12 +229,26 @@ class Handlers:
         return Response(200, self.jobs.catalog.document())
 
     async def endpoints(self, request: Request) -> Response:
-        """Every endpoint's deployments, models and traffic split (docs/deployments.md)."""
-        return Response(200, {"endpoints": [p.endpoint_document() for p in self.jobs.catalog]})
+        """Every endpoint's deployments, models, live split and its history (docs/deployments.md)."""
+        return Response(200, {"endpoints": [await self._endpoint(p.name) for p in self.jobs.catalog]})
 
     async def endpoint(self, request: Request) -> Response:
-        """One endpoint's deployments, models and traffic split; 404 naming the endpoints there are."""
-        return Response(200, self.jobs.catalog.get(request.params.get("name", "")).endpoint_document())
+        """One endpoint's deployments, models, live split and history; 404 naming the endpoints."""
+        return Response(200, await self._endpoint(request.params.get("name", "")))
+
+    async def compare(self, request: Request) -> Response:
+        """The endpoint's deployments compared over ``?window_s=`` (docs/deployments.md)."""
+        window_s = parse_window(request.query.get("window_s"))
+        return Response(200, await self.jobs.compare(request.params.get("name", ""), window_s))
+
+    async def traffic(self, request: Request) -> Response:
+        """Change an endpoint's live split (admin): 200 with its document, 400 naming the rule."""
+        name = request.params.get("name", "")
+        deployments = [d.name for d in self.jobs.catalog.get(name).deployments]
+        assert request.read_body is not None, "the adapter must pass read_body on traffic"
+        split, reason = parse_split_request(await request.read_body(self.jobs.max_body), deployments)
+        await self.jobs.set_split(name, split, reason)
+        return Response(200, await self._endpoint(name))
 
     async def health(self, request: Request) -> Response:
         # 200 when degraded too: a probe that restarted the API for a worker's trouble would
@@ -232,11 +269,17 @@ class Handlers:
             200, content=generate_latest(self.api_metrics.registry), media_type=CONTENT_TYPE_LATEST
         )
 
+    # -- dead letters (nearline/http/admin.py) and the dashboard (nearline/http/dashboard/):
+    # functions of (handlers, request) over self.jobs, kept in their modules.
+    admin_deadletters, admin_deadletter, admin_redrive, admin_purge = admin.ROUTES
+    dashboard, dashboard_page, dashboard_post = ui.ROUTES
+
     # -- pages for people (nearline/http/pages.py) ------------------------------------------
 
     async def home(self, request: Request) -> Response:
+        # The dashboard is served by `nearline serve` (no prefix), not by the Function app.
         page = pages.home_page(
-            self.page_prefix, metrics=self.api_metrics is not None, dashboard="dashboard" in self._routes
+            self.page_prefix, metrics=self.api_metrics is not None, dashboard=not self.page_prefix
         )
         return Response(200, content=page.content, media_type=page.media_type, headers=page.headers)
 
@@ -267,6 +310,11 @@ class Handlers:
             self.api_metrics.waiting.dec()
         self.api_metrics.hops.answered(job, started)
         return job
+
+    async def _endpoint(self, name: str) -> dict[str, Any]:
+        """``GET /api/endpoints/{name}``: the endpoint with its live split and split history."""
+        doc = self.jobs.catalog.get(name).endpoint_document(await self.jobs.split(name))
+        return {**doc, "history": await self.jobs.split_history(name)}
 
     def _urls(self, request: Request, job_id: str) -> dict[str, str]:
         return job_urls(request.base_url, job_id, request.query.get("code"))
@@ -318,6 +366,17 @@ def authorize(request: Request, keys: tuple[str, ...]) -> None:
         raise Unauthorized("an API key is required: header x-functions-key or query parameter code")
     if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
         raise Unauthorized("the API key is not valid")
+
+
+def authorize_admin(request: Request, api_keys: tuple[str, ...], admin_keys: tuple[str, ...]) -> None:
+    """An admin route: with any key configured, only an admin key opens it (403 for an API key)."""
+    if not api_keys and not admin_keys:
+        return
+    authorize(request, api_keys + admin_keys)
+    given = request.headers.get("x-functions-key") or request.query.get("code") or ""
+    if not any(hmac.compare_digest(given.encode(), k.encode()) for k in admin_keys):
+        hint = "" if admin_keys else "; none is configured: set NEARLINE_ADMIN_KEYS"
+        raise Forbidden(f"this route needs an admin key{hint}")
 
 
 def error_response(exc: NearlineError) -> Response:

@@ -1,4 +1,8 @@
-"""The API's Prometheus metrics: requests by route and status, latency, submissions, long-polls."""
+"""The API's Prometheus metrics: requests by route and status, latency, submissions, long-polls.
+
+Names follow Prometheus's conventions (docs/operations.md, Metrics); counters get ``_total``
+from prometheus_client.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ class ApiMetrics:
         self.registry = r = CollectorRegistry()
         self.requests = Counter("nearline_api_requests", "HTTP requests", ["route", "status"], registry=r)
         self.latency = Histogram(
-            "nearline_api_request_seconds", "HTTP request latency", ["route"], registry=r
+            "nearline_api_request_duration_seconds", "HTTP request latency", ["route"], registry=r
         )
         self.submitted = Counter("nearline_api_jobs_submitted", "Jobs accepted", ["pipeline"], registry=r)
         self.depth = Gauge("nearline_queue_depth", "Request queue depth", registry=r)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from nearline import __version__
 from nearline.constants import LANES, MAX_TIMEOUT_S, MAX_WAIT_S
+from nearline.outcomes import MAX_WINDOW_S, WINDOW_S
 
 if TYPE_CHECKING:
     from nearline.pipelines.spec import Catalog, Pipeline
@@ -179,6 +180,7 @@ def openapi_document(catalog: Catalog, server_url: str) -> dict[str, Any]:
         }
     }
     paths.update(_endpoint_paths())
+    paths.update(_dead_letter_paths())
     paths["/api/health"] = {"get": {"operationId": "health", "responses": {"200": {"description": "ok"}}}}
     return {
         "openapi": "3.1.0",
@@ -218,5 +220,97 @@ def _endpoint_paths() -> dict[str, Any]:
                 ],
                 "responses": {"200": {"description": "deployments, models, traffic"}, **_errors(401, 404)},
             }
+        },
+        "/api/endpoints/{name}/traffic": {
+            "put": {
+                "operationId": "set_traffic",
+                "description": "change the live split (an admin key): docs/deployments.md",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _SPLIT}}},
+                "responses": {
+                    "200": {"description": "the endpoint with its new split"},
+                    **_errors(400, 401, 403, 404, 413),
+                },
+            }
+        },
+        "/api/endpoints/{name}/compare": {
+            "get": {
+                "operationId": "compare_deployments",
+                "description": "each deployment's requests, failures and latency, and mirror agreement",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "window_s", "in": "query", "schema": _WINDOW},
+                ],
+                "responses": {"200": {"description": "the comparison"}, **_errors(400, 401, 404)},
+            }
+        },
+    }
+
+
+#: ``?window_s=`` of ``/compare`` (nearline/outcomes.py).
+_WINDOW = {"type": "integer", "minimum": 1, "maximum": MAX_WINDOW_S, "default": WINDOW_S}
+
+
+_PERCENTS = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 100}}
+#: ``PUT /api/endpoints/{name}/traffic``: traffic sums to 100 (or all 0); mirror at most 50 in
+#: all, only to deployments at 0 (rules checked by the server, nearline/pipelines/traffic.py).
+_SPLIT = {
+    "type": "object",
+    "required": ["traffic"],
+    "additionalProperties": False,
+    "properties": {"traffic": _PERCENTS, "mirror": _PERCENTS, "reason": {"type": "string", "maxLength": 500}},
+}
+
+
+def _dead_letter_paths() -> dict[str, Any]:
+    """The admin API for dead letters (nearline/http/admin.py; docs/operations.md)."""
+    text = {"type": "string"}
+    filters = [
+        {"name": "pipeline", "in": "query", "schema": text},
+        {"name": "reason", "in": "query", "schema": text},
+        {"name": "older_than_s", "in": "query", "schema": {"type": "number", "minimum": 0}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+    ]
+    chosen = [
+        {"name": "ids", "in": "query", "schema": text},
+        {"name": "all", "in": "query", "schema": {"type": "boolean"}},
+    ]
+    body = {
+        "type": "object",
+        "properties": {"ids": {"type": "array", "items": text}, "all": {"type": "boolean"}},
+    }
+
+    def op(
+        name: str, answer: str, codes: tuple[int, ...] = (400, 401, 403, 404), **more: Any
+    ) -> dict[str, Any]:
+        responses = {"200": {"description": answer}, **_errors(*codes)}
+        return {
+            "operationId": name,
+            "description": "an admin key: docs/operations.md",
+            **more,
+            "responses": responses,
+        }
+
+    return {
+        "/api/admin/deadletters": {
+            "get": op("list_dead_letters", "dead letters, oldest first", parameters=filters),
+            "delete": op("purge_dead_letters", "how many were purged", parameters=chosen + filters),
+        },
+        "/api/admin/deadletters/{id}": {
+            "get": op(
+                "read_dead_letter",
+                "the dead letter and its request",
+                codes=(401, 403, 404),
+                parameters=[{"name": "id", "in": "path", "required": True, "schema": text}],
+            )
+        },
+        "/api/admin/deadletters/redrive": {
+            "post": op(
+                "redrive_dead_letters",
+                "the ids redriven and missing",
+                requestBody={"required": True, "content": {"application/json": {"schema": body}}},
+            )
         },
     }

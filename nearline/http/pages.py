@@ -84,7 +84,7 @@ def home_page(prefix: str = "", *, metrics: bool = True, dashboard: bool = False
     if metrics:
         links.append((f"{prefix}/metrics", "Metrics", "Prometheus text"))
     if dashboard:
-        links.append((f"{prefix}/dashboard", "Dashboard", "jobs and queues"))
+        links.append((f"{prefix}/ui", "Dashboard", "endpoints, queues, jobs and dead letters"))
     items = "\n".join(
         f'<li><a href="{escape(href)}">{escape(text)}</a>: {escape(note)}</li>' for href, text, note in links
     )

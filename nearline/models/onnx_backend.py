@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from nearline.errors import ConfigError, ModelError
 from nearline.models.backend import OnnxOptions, model_inputs
-from nearline.models.repository import ModelRepository, ModelSpec
+from nearline.models.repository import ModelRepository
 
 #: Tried in this order when no providers are configured (those this build of ONNX Runtime has).
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -130,5 +130,3 @@ def providers(named: tuple[str, ...] = ()) -> tuple[str, ...]:
             "(NEARLINE_ONNX_PROVIDERS)"
         )
     return named
-
-

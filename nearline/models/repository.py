@@ -10,7 +10,9 @@ folder the in-process torch and onnx backends load)::
 Configs are parsed with :mod:`google.protobuf.text_format` into
 ``tritonclient.grpc.model_config_pb2.ModelConfig`` (no hand parser), then checked for what the
 backends and our runner need: ``platform`` one of :data:`MODEL_FILES` (or the matching
-``backend``), ``max_batch_size > 0`` (dims exclude the batch dimension), and, for TorchScript,
+``backend``), ``max_batch_size > 0`` (dims exclude the batch dimension), a ``version_policy``
+(optional; ``all {}`` where a pipeline calls several versions: Triton serves only the latest one
+by default; :meth:`ModelRepository.served_versions` applies it), and, for TorchScript,
 inputs and outputs named ``INPUT__<i>`` / ``OUTPUT__<i>`` in index order (TorchScript passes
 tensors by position; ONNX models keep their own names, which Triton matches by name). A tensor
 with a ``reshape`` (Triton's way to give a model a tensor of shape ``[batch]``: ``dims: [1]``,
@@ -129,6 +131,24 @@ class ModelRepository:
             if p.name.isdigit() and any((p / f).is_file() for f in files)
         )
 
+    def served_versions(self, name: str) -> list[int]:
+        """The versions of ``name`` a Triton server serves: those of :meth:`versions` that the
+        config's ``version_policy`` names (``all``; ``specific {versions}``; ``latest
+        {num_versions}``, and without a policy Triton's default, the latest one), ascending.
+
+        Raises:
+            ConfigError: No such model, or its config.pbtxt is garbled or unusable.
+        """
+        policy = self.model(name).config.version_policy
+        available = self.versions(name)
+        kind = policy.WhichOneof("policy_choice")
+        if kind == "all":
+            return available
+        if kind == "specific":
+            return [v for v in available if v in set(policy.specific.versions)]
+        latest = policy.latest.num_versions if kind == "latest" else 1
+        return available[-max(latest, 1) :]
+
     def model_file(self, name: str, version: int) -> Path:
         """The model file (TorchScript, ONNX) of ``name`` at ``version``.
 
@@ -195,6 +215,7 @@ def read_config(path: Path) -> ModelSpec:
         )
     if config.max_batch_size <= 0:
         raise ConfigError(f"{path}: max_batch_size must be > 0 (the batch dimension is dimension 0)")
+    _check_version_policy(path, config.version_policy)
     positional = platform == "pytorch_libtorch"
     return ModelSpec(
         name=name,
@@ -205,6 +226,14 @@ def read_config(path: Path) -> ModelSpec:
         config=config,
         platform=platform,
     )
+
+
+def _check_version_policy(path: Path, policy: pb.ModelVersionPolicy) -> None:
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "latest" and policy.latest.num_versions < 1:
+        raise ConfigError(f"{path}: version_policy: latest: num_versions must be >= 1")
+    if kind == "specific" and (not policy.specific.versions or min(policy.specific.versions) < 1):
+        raise ConfigError(f"{path}: version_policy: specific: versions must be positive integers")
 
 
 def _tensors(

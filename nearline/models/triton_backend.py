@@ -69,6 +69,9 @@ class TritonBackend:
         spec = self.repository.model(model)
         problem = self._client.run(self._wait_ready(model, version))
         if problem is not None:
+            served_here = self.repository.served_versions(model)
+            if version not in served_here:  # Triton loads only what the version_policy names
+                problem += f"; {spec.path}'s version_policy serves versions {served_here}, not {version}"
             raise ConfigError(
                 f"Triton at {self.target.url}: model '{model}' version {version} is not available "
                 f"after {self.target.retry_s:g} s: {problem}"

@@ -24,6 +24,7 @@ or, for several deployments of one endpoint (docs/deployments.md)::
           v1: {steps: [...]}
           v2: {steps: [...]}
         traffic: {v1: 90, v2: 10}    # integer weights summing to 100 (or all 0)
+        mirror: {v3: 10}             # optional: shadow copies to deployments at 0 (at most 50 in all)
 
 A bad file raises :class:`~nearline.errors.ConfigError` whose message names the file, the
 pipeline, the step and the field, e.g. ``pipelines.yaml: pipeline 'topics': step 2 (embed):
@@ -47,7 +48,7 @@ from jsonschema.exceptions import best_match
 from nearline.errors import ConfigError, InvalidInput, UnknownDeployment, UnknownPipeline
 from nearline.pipelines.files import Paths, pipeline_files
 from nearline.pipelines.step_specs import NAME, FunctionStep, ModelStep, Step, check_fields, parse_steps
-from nearline.pipelines.traffic import check_traffic
+from nearline.pipelines.traffic import Split, check_mirror, check_traffic
 
 _PIPELINE_FIELDS = {
     "description",
@@ -57,6 +58,7 @@ _PIPELINE_FIELDS = {
     "deployment",
     "deployments",
     "traffic",
+    "mirror",
 }
 _MAX_MESSAGE = 300  # an InvalidInput message is cut to this length
 _MAX_VALUE = 60  # a value longer than this is quoted back abridged (a 64-pixel array, say)
@@ -88,6 +90,7 @@ class Pipeline:
     examples: tuple[Any, ...] = ()
     source: Path | None = field(default=None, compare=False)
     length: str | None = None
+    mirror: Mapping[str, int] = field(default_factory=dict)
     _validator: jsonschema.protocols.Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -112,21 +115,30 @@ class Pipeline:
             f"endpoint '{self.name}' has no deployment {reprlib.repr(name)}; the deployments are: {there}"
         )
 
-    def endpoint_document(self) -> dict[str, Any]:
-        """``GET /api/endpoints/{name}``: the deployments, their models and the traffic split."""
+    @property
+    def split(self) -> Split:
+        """The split this file starts the endpoint with (``traffic`` and ``mirror``)."""
+        return Split(dict(self.traffic), dict(self.mirror))
+
+    def endpoint_document(self, split: Split | None = None) -> dict[str, Any]:
+        """``GET /api/endpoints/{name}``: the deployments, their models and the traffic split
+        (``split``, the live one, else this file's)."""
+        live = split or self.split
         return {
             "name": self.name,
             "deployments": [
                 {
                     "name": d.name,
-                    "traffic": self.traffic.get(d.name, 0),
+                    "traffic": live.traffic.get(d.name, 0),
+                    "mirror": live.mirror.get(d.name, 0),
                     "models": [
                         {"model": s.model, "version": s.version} for s in d.steps if isinstance(s, ModelStep)
                     ],
                 }
                 for d in self.deployments
             ],
-            "traffic": dict(self.traffic),
+            "traffic": dict(live.traffic),
+            "mirror": dict(live.mirror),
         }
 
     def validate(self, input: Any) -> None:
@@ -268,10 +280,13 @@ def _pipeline(where: str, name: Any, spec: Any, source: Path) -> Pipeline:
     except jsonschema.SchemaError as exc:
         raise ConfigError(f"{where}: 'input_schema' is not a valid JSON Schema: {exc.message}") from None
     deployments, traffic = _deployments(where, spec)
+    mirror = check_mirror(where, spec.get("mirror", {}), traffic)
     length = spec.get("length")
     if length is not None and (not isinstance(length, str) or not length):
         raise ConfigError(f"{where}: 'length' must name an input field, e.g. length: text")
-    pipeline = Pipeline(name, description, schema, deployments, traffic, source=source, length=length)
+    pipeline = Pipeline(
+        name, description, schema, deployments, traffic, source=source, length=length, mirror=mirror
+    )
     return replace(pipeline, examples=_examples(where, pipeline, spec.get("examples", [])))
 
 

@@ -27,7 +27,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nearline.brokers.base import Broker
+from nearline.constants import RETRY_AFTER_S
+from nearline.errors import Overloaded
 from nearline.jobs import JobRecord, JobStatus
+from nearline.outcomes import OutcomeLog
 from nearline.waiters import Waiters
 
 
@@ -48,6 +52,34 @@ class CallbackDelivery:
     created: float
     attempts: int
     token: str
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """A new job's request message, for :meth:`StatusStore.create_enqueued`.
+
+    Attributes:
+        broker: Where it goes.
+        queue: The request queue.
+        body: The message (its id is the job's).
+        lane: Its priority lane.
+        ttl_s: How long it is worth keeping, or None.
+        max_depth: The job is refused while the queue holds this many messages or more.
+    """
+
+    broker: Broker
+    queue: str
+    body: bytes
+    lane: str
+    ttl_s: float | None
+    max_depth: int
+
+    def full(self, depth: int) -> Overloaded:
+        """The refusal of a job while the queue holds ``depth`` messages."""
+        return Overloaded(
+            f"request queue holds {depth} messages (limit {self.max_depth}); retry later",
+            retry_after=RETRY_AFTER_S,
+        )
 
 
 class StatusStore(abc.ABC):
@@ -77,6 +109,20 @@ class StatusStore(abc.ABC):
     @abc.abstractmethod
     def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
         """Insert ``job``; when its slot is held or its id exists, return ``(holder, False)``."""
+
+    def create_enqueued(self, job: JobRecord, enqueue: Enqueue) -> tuple[JobRecord, bool] | None:
+        """:meth:`create` and send the job's request message in one atomic step, where this
+        store can with ``enqueue.broker`` (Redis, on the broker's own database): one round trip
+        instead of three (the depth check, the record, the message). None where it cannot: the
+        caller (``StoreJobs.create_now``) then takes the steps one by one.
+
+        A held slot or id is answered as by :meth:`create`, before the depth is checked.
+
+        Raises:
+            Overloaded: The queue holds ``enqueue.max_depth`` messages or more (nothing written).
+            BrokerError: Redis failed (nothing written).
+        """
+        return None
 
     @abc.abstractmethod
     def get(self, job_id: str) -> JobRecord | None:
@@ -136,6 +182,15 @@ class StatusStore(abc.ABC):
         attempts to ``callback["attempts"]``. False (nothing changed) when the claim's lease
         was lost: another dispatcher has the delivery now.
         """
+
+    @abc.abstractmethod
+    def recent(self, limit: int = 50) -> list[JobRecord]:
+        """The ``limit`` most recently created records, newest first (the dashboard's list)."""
+
+    def outcomes(self) -> OutcomeLog | None:
+        """The log of ended jobs' outcomes this store writes as it ends them
+        (:mod:`nearline.outcomes`), or None where it keeps none."""
+        return None
 
     def statuses(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         """Current status of each id that exists (workers skip Terminated jobs with this)."""

@@ -125,6 +125,10 @@ class MemoryStore(StatusStore):
                 if not j.status.terminal and j.deadline is not None and j.deadline <= now
             ][:limit]
 
+    def recent(self, limit: int = 50) -> list[JobRecord]:
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)[:limit]
+
     def purge_terminal(self, updated_before: float) -> int:
         with self._lock:
             old = [j.id for j in self._jobs.values() if j.status.terminal and j.updated < updated_before]

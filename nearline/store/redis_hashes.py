@@ -32,19 +32,23 @@ Memory (measured, Redis 7.0): a finished record takes ~1.5 KB for a digits or to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
 
-from nearline.brokers.redis_streams import connect
+from nearline.brokers.redis_client import connect
+from nearline.brokers.redis_streams import RedisBroker
 from nearline.errors import BrokerError, ConfigError
 from nearline.jobs import PENDING_CALLBACK, JobRecord, JobStatus
 from nearline.settings import RedisSettings
-from nearline.store.base import CallbackDelivery, StatusStore
+from nearline.store.base import CallbackDelivery, Enqueue, StatusStore
+from nearline.store.outcomes_redis import RedisOutcomes
 from nearline.store.redis_lua import SCRIPTS
+from nearline.store.redis_submit import SUBMIT, submit_args
 from nearline.store.redis_wakeups import Wakeups, channel_for
 
 JOB_PREFIX = "nearline:job:"
@@ -63,6 +67,7 @@ CHUNK = 500
 _JSON_FIELDS = (
     *("pipeline", "input", "output", "custom_status", "created", "deadline", "priority"),
     *("idempotency_key", "callback_url", "enqueued", "status_url", "deployment"),
+    "shadow_of",
 )
 #: Text fields kept plain (the scripts read the slot), and left out when None.
 _TEXT_FIELDS = ("idempotency_slot", "fingerprint")
@@ -75,9 +80,15 @@ class RedisStore(StatusStore):
         super().__init__()
         self._redis, own, self.url = connect(url, ("retention_s",))
         self.retention_s = _retention(retention_s, own.get("retention_s"))
-        self._scripts = {name: self._redis.register_script(src) for name, src in SCRIPTS.items()}
+        scripts = {**SCRIPTS, "submit": SUBMIT}
+        self._scripts = {name: self._redis.register_script(src) for name, src in scripts.items()}
         db = int(self._redis.connection_pool.connection_kwargs.get("db", 0))
         self.waiters: Wakeups = Wakeups(self._redis, channel_for(db), uuid.uuid4().hex, self._ended)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The connection (the split store, :mod:`nearline.splits.redis`, keeps its keys here too)."""
+        return self._redis
 
     def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -86,6 +97,33 @@ class RedisStore(StatusStore):
             raise BrokerError(f"redis store {self.url}: {exc}") from exc
 
     def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        existing = self._run("create", *self._create_args(job))
+        if existing is None:
+            return job, True
+        return _holder(existing), False
+
+    def create_enqueued(self, job: JobRecord, enqueue: Enqueue) -> tuple[JobRecord, bool] | None:
+        broker = enqueue.broker
+        if not isinstance(broker, RedisBroker) or not broker.same_database(self._redis):
+            return None
+        parts = broker.send_parts(enqueue.queue, job.id, enqueue.body, enqueue.lane, enqueue.ttl_s)
+        keys, args = submit_args(self._create_args(job), parts, enqueue.max_depth)
+        try:
+            answer = self._run("submit", keys, args)
+        except BrokerError as exc:
+            # A script that fails part way keeps what it wrote: a record without its message
+            # must not linger Pending (the same clean-up as step by step).
+            with contextlib.suppress(BrokerError):
+                self.delete(job.id)
+            raise BrokerError(f"could not enqueue job {job.id}: {exc}") from exc
+        if answer[0] == b"found":
+            return _holder(answer[1]), False
+        if answer[0] == b"full":
+            raise enqueue.full(int(answer[1]))
+        return job, True
+
+    def _create_args(self, job: JobRecord) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the create functions (:mod:`nearline.store.redis_lua`)."""
         fields: list[Any] = ["status", job.status.value, "updated", repr(job.updated)]
         for name in _JSON_FIELDS:
             fields += [name, json.dumps(getattr(job, name))]
@@ -97,10 +135,7 @@ class RedisStore(StatusStore):
         if job.idempotency_slot is not None:
             keys.append(SLOT_PREFIX + job.idempotency_slot)
         args = [job.id, job.status.value, repr(job.updated), deadline, self._retention_ms(), JOB_PREFIX]
-        existing = self._run("create", keys, [*args, *fields])
-        if existing is None:
-            return job, True
-        return _holder(existing), False
+        return keys, [*args, *fields]
 
     def keyed(self, slot: str) -> JobRecord | None:
         found = self._run("keyed", [SLOT_PREFIX + slot], [JOB_PREFIX])
@@ -110,6 +145,9 @@ class RedisStore(StatusStore):
         return bool(self._run("mark_enqueued", [JOB_PREFIX + job_id], []))
 
     def get(self, job_id: str) -> JobRecord | None:
+        handed = self.waiters.take(job_id)
+        if handed is not None:
+            return handed
         try:
             raw = self._redis.hgetall(JOB_PREFIX + job_id)
         except redis.RedisError as exc:
@@ -146,7 +184,31 @@ class RedisStore(StatusStore):
         self._finished(job_id)
         return True
 
+    def finish_many(self, ends: Sequence[tuple[str, JobStatus, Any]], now: float) -> list[bool]:
+        """Every :meth:`finish` of a chunk of :data:`CHUNK` in one script (one round trip); the
+        ended record of a job someone here waits for is handed over (:mod:`redis_wakeups`)."""
+        for job_id, status, _ in ends:
+            if not status.terminal:
+                raise ValueError(f"finish needs a terminal status, not {status.value} (job {job_id})")
+        answers: list[Any] = []
+        for start in range(0, len(ends), CHUNK):
+            chunk = ends[start : start + CHUNK]
+            keys = [DEADLINES, FINISHED, OUTBOX, *(JOB_PREFIX + job_id for job_id, _, _ in chunk)]
+            args: list[Any] = [repr(now), self._retention_ms(), self.waiters.channel]
+            args += [SLOT_PREFIX, DELIVERY_PREFIX, _PENDING]
+            for job_id, status, output in chunk:
+                args += [job_id, status.value, json.dumps(output), self.waiters.announcement(job_id)]
+                args.append("1" if self.waiters.wanted(job_id) else "0")
+            answers += self._run("finish_many", keys, args)
+        for (job_id, _, _), ended in zip(ends, answers, strict=True):
+            if isinstance(ended, list):  # a waiter here: hand it the ended record
+                self.waiters.hand_over(job_id, _holder([job_id.encode(), ended]))
+            if ended:
+                self._finished(job_id)
+        return [bool(ended) for ended in answers]
+
     def delete(self, job_id: str) -> bool:
+        self.waiters.take(job_id)
         return bool(self._run("delete", [JOB_PREFIX + job_id, DEADLINES, FINISHED], [job_id, SLOT_PREFIX]))
 
     def overdue(self, now: float, limit: int = 500) -> list[str]:
@@ -155,6 +217,23 @@ class RedisStore(StatusStore):
         except redis.RedisError as exc:
             raise BrokerError(f"redis store {self.url}: {exc}") from exc
         return [i.decode() for i in ids]
+
+    def recent(self, limit: int = 50) -> list[JobRecord]:
+        # The newest of each index: unfinished by latest deadline (created + timeout), ended by
+        # latest update; jobs without a deadline that have not ended are in neither.
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zrevrange(DEADLINES, 0, limit - 1)
+            pipe.zrevrange(FINISHED, 0, limit - 1)
+            ids = [i.decode() for found in pipe.execute() for i in found]
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(JOB_PREFIX + job_id)
+            raws = pipe.execute()
+        except redis.RedisError as exc:
+            raise BrokerError(f"redis store {self.url}: {exc}") from exc
+        jobs = [_record(i, raw) for i, raw in zip(ids, raws, strict=True) if raw]
+        return sorted(jobs, key=lambda j: j.created, reverse=True)[:limit]
 
     def purge_terminal(self, updated_before: float) -> int:
         deleted = 0
@@ -187,6 +266,9 @@ class RedisStore(StatusStore):
 
     def _retention_ms(self) -> int:
         return max(int(self.retention_s * 1000), 1)
+
+    def outcomes(self) -> RedisOutcomes:
+        return RedisOutcomes(self._redis, self.url, JOB_PREFIX)
 
     def close(self) -> None:
         self.waiters.close()

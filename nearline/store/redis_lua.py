@@ -12,6 +12,9 @@ with it; a slot whose holder's record is gone is free. The callback outbox is th
 
 from __future__ import annotations
 
+from nearline.outcomes import MAX_WINDOW_S
+from nearline.store.outcomes_redis import OUTCOMES_PREFIX
+
 _TERMINAL = """
 local TERMINAL = {Completed = true, Failed = true, Terminated = true}
 """
@@ -38,28 +41,47 @@ local function release(key, id, slot_prefix)
 end
 """
 
-#: KEYS: job hash, deadlines, finished, then the slot key for a keyed job. ARGV: id, status,
-#: updated, deadline or "", retention ms, job key prefix, then the hash's field/value pairs.
-#: Returns nil when created, else {id, hash} of the slot's holder or of the job of this id.
-CREATE = (
+#: ``create_found(K, A)`` and ``create_insert(K, A)``: K: job hash, deadlines, finished, then the
+#: slot key for a keyed job. A: id, status, updated, deadline or "", retention ms, job key
+#: prefix, then the hash's field/value pairs. ``create_found`` returns {id, hash} of the slot's
+#: holder or of the job of this id, else false; ``create_insert`` writes the record. Functions,
+#: so that the submit script (:mod:`nearline.store.redis_submit`) creates with them too.
+CREATE_FUNCTIONS = (
     _TERMINAL
     + _HOLDER
     + """
-if KEYS[4] then
-  local found = holder(KEYS[4], ARGV[6])
-  if found then return found end
+local function create_found(K, A)
+  if K[4] then
+    local found = holder(K[4], A[6])
+    if found then return found end
+  end
+  if redis.call('EXISTS', K[1]) == 1 then return {A[1], redis.call('HGETALL', K[1])} end
+  return false
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return {ARGV[1], redis.call('HGETALL', KEYS[1])} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-redis.call('ZREM', KEYS[3], ARGV[1])  -- a past job of this id that expired by TTL
-if KEYS[4] then redis.call('SET', KEYS[4], ARGV[1]) end
-if TERMINAL[ARGV[2]] then
-  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  if KEYS[4] then redis.call('PEXPIRE', KEYS[4], ARGV[5]) end
-elseif ARGV[4] ~= '' then
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+
+local function create_insert(K, A)
+  redis.call('HSET', K[1], unpack(A, 7))
+  redis.call('ZREM', K[3], A[1])  -- a past job of this id that expired by TTL
+  if K[4] then redis.call('SET', K[4], A[1]) end
+  if TERMINAL[A[2]] then
+    redis.call('ZADD', K[3], A[3], A[1])
+    redis.call('PEXPIRE', K[1], A[5])
+    if K[4] then redis.call('PEXPIRE', K[4], A[5]) end
+  elseif A[4] ~= '' then
+    redis.call('ZADD', K[2], A[4], A[1])
+  end
 end
+"""
+)
+
+#: KEYS and ARGV: those of the create functions. Returns nil when created, else {id, hash} of
+#: the slot's holder or of the job of this id.
+CREATE = (
+    CREATE_FUNCTIONS
+    + """
+local found = create_found(KEYS, ARGV)
+if found then return found end
+create_insert(KEYS, ARGV)
 return false
 """
 )
@@ -89,33 +111,84 @@ end
 return 0
 """
 
-#: KEYS: job hash, deadlines, finished, outbox. ARGV: id, status, output JSON, updated,
-#: retention ms, channel, message, slot key prefix, delivery key prefix, pending callback status
-#: JSON. Returns 1 when the job moved to ``status``, 0 when absent or already ended. The job's
-#: slot key gets the record's TTL. A job with a callback_url gets its delivery (the hash
-#: ``<delivery prefix><id>``, due now in the outbox) in the same step.
-FINISH = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'Pending' and status ~= 'Running' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'output', ARGV[3], 'updated', ARGV[4])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-local slot = redis.call('HGET', KEYS[1], 'idempotency_slot')
-if slot and redis.call('GET', ARGV[8] .. slot) == ARGV[1] then
-  redis.call('PEXPIRE', ARGV[8] .. slot, ARGV[5])
+#: ``outcome(key, id, status, updated)``: the ended job's entry in its endpoint's outcomes log
+#: (:mod:`nearline.store.outcomes_redis`), the log trimmed to its span and given it as TTL.
+_OUTCOME_FUNCTION = f"""
+local function outcome(key, id, status, updated)
+  local f = redis.call('HMGET', key, 'pipeline', 'deployment', 'created', 'shadow_of')
+  local log = '{OUTCOMES_PREFIX}' .. cjson.decode(f[1])
+  local member = '{{"id":"' .. id .. '","deployment":' .. (f[2] or 'null') .. ',"status":"' .. status
+    .. '","created":' .. (f[3] or updated) .. ',"ended":' .. updated
+    .. ',"shadow_of":' .. (f[4] or 'null') .. '}}'
+  redis.call('ZADD', log, updated, member)
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', '(' .. (tonumber(updated) - {MAX_WINDOW_S}))
+  redis.call('EXPIRE', log, {MAX_WINDOW_S})
 end
-local callback = redis.call('HGET', KEYS[1], 'callback_url')
-if callback and callback ~= 'null' then
-  local delivery = ARGV[9] .. ARGV[1]
-  redis.call('HSET', delivery, 'url', callback, 'created', ARGV[4], 'attempts', 0)
-  redis.call('PEXPIRE', delivery, ARGV[5])
-  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
-  redis.call('HSET', KEYS[1], 'custom_status', ARGV[10])
-end
-redis.call('PUBLISH', ARGV[6], ARGV[7])
-return 1
 """
+
+#: ``finish(K, A)``: K: job hash, deadlines, finished, outbox. A: id, status, output JSON,
+#: updated, retention ms, channel, message, slot key prefix, delivery key prefix, pending
+#: callback status JSON. Returns 1 when the job moved to ``status``, 0 when absent or already
+#: ended. The job's slot key gets the record's TTL. A job with a callback_url gets its delivery
+#: (the hash ``<delivery prefix><id>``, due now in the outbox) in the same step, and a job ended
+#: Completed or Failed its outcome (``outcome``).
+_FINISH_FUNCTION = (
+    _OUTCOME_FUNCTION
+    + """
+local function finish(K, A)
+  local status = redis.call('HGET', K[1], 'status')
+  if status ~= 'Pending' and status ~= 'Running' then return 0 end
+  redis.call('HSET', K[1], 'status', A[2], 'output', A[3], 'updated', A[4])
+  redis.call('ZREM', K[2], A[1])
+  redis.call('ZADD', K[3], A[4], A[1])
+  redis.call('PEXPIRE', K[1], A[5])
+  local slot = redis.call('HGET', K[1], 'idempotency_slot')
+  if slot and redis.call('GET', A[8] .. slot) == A[1] then
+    redis.call('PEXPIRE', A[8] .. slot, A[5])
+  end
+  local callback = redis.call('HGET', K[1], 'callback_url')
+  if callback and callback ~= 'null' then
+    local delivery = A[9] .. A[1]
+    redis.call('HSET', delivery, 'url', callback, 'created', A[4], 'attempts', 0)
+    redis.call('PEXPIRE', delivery, A[5])
+    redis.call('ZADD', K[4], A[4], A[1])
+    redis.call('HSET', K[1], 'custom_status', A[10])
+  end
+  if A[2] ~= 'Terminated' then outcome(K[1], A[1], A[2], A[4]) end
+  redis.call('PUBLISH', A[6], A[7])
+  return 1
+end
+"""
+)
+
+#: KEYS and ARGV: those of ``finish``.
+FINISH = (
+    _FINISH_FUNCTION
+    + """
+return finish(KEYS, ARGV)
+"""
+)
+
+#: Several jobs' ``finish`` in one step (the lifecycle's batch of results). KEYS: deadlines,
+#: finished, outbox, then the job hashes. ARGV: updated, retention ms, channel, slot key prefix,
+#: delivery key prefix, pending callback status JSON, then per job its id, status, output JSON,
+#: message and "1" when the caller wants the ended record. Returns each job's ``finish`` answer,
+#: in order; an ended job whose record was wanted is answered with its hash instead of 1.
+FINISH_MANY = (
+    _FINISH_FUNCTION
+    + """
+local ended = {}
+for i = 4, #KEYS do
+  local j = 7 + (i - 4) * 5
+  local K = {KEYS[i], KEYS[1], KEYS[2], KEYS[3]}
+  local A = {ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[1], ARGV[2], ARGV[3], ARGV[j + 3],
+    ARGV[4], ARGV[5], ARGV[6]}
+  ended[i - 3] = finish(K, A)
+  if ended[i - 3] == 1 and ARGV[j + 4] == '1' then ended[i - 3] = redis.call('HGETALL', K[1]) end
+end
+return ended
+"""
+)
 
 #: KEYS: outbox. ARGV: now, lease end, limit, token, delivery key prefix. Leases the due
 #: deliveries (their score becomes the lease's end) and returns {id, url JSON, created,
@@ -189,6 +262,7 @@ SCRIPTS = {
     "mark_enqueued": MARK_ENQUEUED,
     "mark_running": MARK_RUNNING,
     "finish": FINISH,
+    "finish_many": FINISH_MANY,
     "claim_deliveries": CLAIM_DELIVERIES,
     "settle_delivery": SETTLE_DELIVERY,
     "delete": DELETE,

@@ -21,6 +21,7 @@ from typing import Any
 from nearline.jobs import PENDING_CALLBACK, JobRecord, JobStatus
 from nearline.sqlite_db import Database, parse_url
 from nearline.store.base import CallbackDelivery, StatusStore
+from nearline.store.outcomes_sqlite import SqliteOutcomes
 
 #: Every JobRecord field is a column of ``jobs`` by the same name (a new field needs a
 #: migration in sqlite_db.py); these hold JSON text, NULL for None.
@@ -168,6 +169,9 @@ class SqliteStore(StatusStore):
         )
         return [job_id for (job_id,) in rows]
 
+    def recent(self, limit: int = 50) -> list[JobRecord]:
+        return [_record(r) for r in self._db.query(f"{_SELECT} ORDER BY created DESC LIMIT ?", (limit,))]
+
     def purge_terminal(self, updated_before: float) -> int:
         # In chunks, each its own transaction: a day's records deleted at once would hold the
         # write lock for seconds, and every submit, settle and finish would wait behind it.
@@ -211,6 +215,9 @@ class SqliteStore(StatusStore):
             rows = self._db.query(f"SELECT id, status FROM jobs WHERE id IN ({_marks(batch)})", batch)
             out.update((job_id, JobStatus(status)) for job_id, status in rows)
         return out
+
+    def outcomes(self) -> SqliteOutcomes:
+        return SqliteOutcomes(self._db)
 
     def close(self) -> None:
         self._db.close()

@@ -2,11 +2,13 @@
 
 ``nearline triton serve`` (and :func:`serve_repository`, which tests and benchmarks use) starts
 the ``tritonserver`` binary that ``nvidia-pytriton`` bundles: the Triton path of the workers runs
-on a laptop with no container and no GPU. For every model (its latest version, Triton's default
-``version_policy``) the TorchScript file is loaded with torch in *this* process and bound with
-the names, dtypes, dims, ``max_batch_size`` and dynamic batcher of its ``config.pbtxt``, running
-the in-process torch backend's code; Triton reaches it through its Python backend stub, so clients
-see Triton's own KServe v2 HTTP/gRPC API. Loopback unless told otherwise. See docs/triton.md.
+on a laptop with no container and no GPU. For every model, every version its ``version_policy``
+serves (``ModelRepository.served_versions``) is loaded in *this* process (TorchScript by the
+in-process torch backend, ONNX by the in-process ONNX Runtime backend) and bound with the names,
+dtypes, dims, ``max_batch_size`` and dynamic batcher of its ``config.pbtxt``
+(:mod:`nearline.triton.versions` puts several versions under one name); Triton reaches them through
+its Python backend stub, so clients see Triton's own KServe v2 HTTP/gRPC API. Loopback unless told
+otherwise. See docs/triton.md.
 
 * ``LD_LIBRARY_PATH``: the stub links ``libpython``; on an interpreter whose libpython is not the
   system's (pyenv here) it must find this one. pytriton builds the server's environment from
@@ -40,9 +42,12 @@ from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 from nearline import constants as c
 from nearline.addresses import is_loopback
 from nearline.errors import ConfigError, NearlineError
+from nearline.models.backend import ModelBackend
+from nearline.models.onnx_backend import OnnxBackend
 from nearline.models.repository import ModelRepository, ModelSpec
 from nearline.models.torch_backend import TorchBackend
 from nearline.settings import TritonSettings, add_flags, with_flags
+from nearline.triton.versions import bind_versions
 
 PROG = "nearline triton serve"
 #: Where Triton writes the model copies it leaves behind when stopped at once.
@@ -64,7 +69,7 @@ class LocalTriton:
         http_port: The KServe v2 HTTP port.
         grpc_port: The KServe v2 gRPC port.
         metrics_port: The Prometheus metrics port.
-        models: Model name → the version served.
+        models: Model name → the versions served, ascending.
         log_file: The ``tritonserver`` log (deleted when the server stops).
     """
 
@@ -72,7 +77,7 @@ class LocalTriton:
     http_port: int
     grpc_port: int
     metrics_port: int
-    models: dict[str, int] = field(default_factory=dict)
+    models: dict[str, tuple[int, ...]] = field(default_factory=dict)
     log_file: Path | None = None
     _triton: Triton | None = field(default=None, repr=False, compare=False)
 
@@ -136,11 +141,14 @@ def serve_repository(
     # On loopback nothing is restricted (the statistics endpoint answers without a token); on any
     # other address pytriton's default holds: model-repository, statistics... need its random token.
     security = TritonSecurityConfig(restricted_endpoints=[]) if is_loopback(host) else TritonSecurityConfig()
-    backend = TorchBackend(repository)
+    backends: dict[str, ModelBackend] = {
+        "pytorch_libtorch": TorchBackend(repository),
+        "onnxruntime_onnx": OnnxBackend(repository),
+    }
     triton: Triton | None = None
     try:
         triton = Triton(config=config, workspace=workspace, security_config=security)
-        served = {name: _bind(triton, repository, backend, name) for name in names}
+        served = {name: _bind(triton, repository, backends, name) for name in names}
         with libpython_on_library_path():
             try:
                 triton.run()
@@ -150,7 +158,8 @@ def serve_repository(
     finally:
         if triton is not None:
             triton.stop()
-        backend.close()
+        for backend in backends.values():
+            backend.close()
         _remove_model_copies(workspace)
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -192,29 +201,37 @@ def libpython_on_library_path() -> Iterator[None]:
             os.environ["LD_LIBRARY_PATH"] = before
 
 
-def _bind(triton: Triton, repository: ModelRepository, backend: TorchBackend, name: str) -> int:
-    """Bind the latest version of model ``name``; returns that version."""
+def _bind(
+    triton: Triton, repository: ModelRepository, backends: Mapping[str, ModelBackend], name: str
+) -> tuple[int, ...]:
+    """Bind every version of model ``name`` that its config serves; returns those versions."""
     spec = repository.model(name)
-    if spec.platform != "pytorch_libtorch":  # pytriton binds a Python callable: ours runs TorchScript
+    backend = backends.get(spec.platform)
+    if backend is None:  # pytriton binds Python callables: ours run TorchScript and ONNX
         raise ConfigError(
-            f"model '{name}' is {spec.platform}: nearline triton serve serves TorchScript models only "
-            "(a Triton server of NVIDIA's image serves ONNX models from the same repository)"
+            f"model '{name}' is {spec.platform}: nearline triton serve serves "
+            f"{' and '.join(sorted(backends))} models (a Triton server of NVIDIA's image serves "
+            "the others from the same repository)"
         )
-    versions = repository.versions(name)
+    versions = tuple(repository.served_versions(name))
     if not versions:
-        raise ConfigError(f"model '{name}': no version folder in {spec.path.parent} holds a model file")
-    version = versions[-1]
-    backend.load(name, version)  # a broken model.pt fails here, naming the file, not in Triton
+        raise ConfigError(
+            f"model '{name}': no version folder in {spec.path.parent} that its version_policy "
+            "serves holds a model file"
+        )
+    for version in versions:
+        backend.load(name, version)  # a broken model file fails here, naming the file, not in Triton
     config = spec.config
     batcher = DynamicBatcher(
         max_queue_delay_microseconds=config.dynamic_batching.max_queue_delay_microseconds,
         preferred_batch_size=list(config.dynamic_batching.preferred_batch_size) or None,
     )
     count = sum(g.count or 1 for g in config.instance_group) or 1
-    triton.bind(
-        model_name=name,
-        model_version=version,
-        infer_func=[_infer_func(backend, spec, version) for _ in range(count)],
+    bind_versions(
+        triton,
+        name,
+        [[_infer_func(backend, spec, version) for _ in range(count)] for version in versions],
+        versions,
         inputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=t.dims) for t in spec.inputs],
         outputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=t.dims) for t in spec.outputs],
         config=ModelConfig(
@@ -224,11 +241,11 @@ def _bind(triton: Triton, repository: ModelRepository, backend: TorchBackend, na
         ),
         strict=True,
     )
-    return version
+    return versions
 
 
-def _infer_func(backend: TorchBackend, spec: ModelSpec, version: int) -> Callable[..., Any]:
-    """The callable Triton runs for ``spec``: the torch backend on the (dynamically batched) inputs."""
+def _infer_func(backend: ModelBackend, spec: ModelSpec, version: int) -> Callable[..., Any]:
+    """The callable Triton runs for ``spec`` at ``version``: our backend on the batched inputs."""
 
     @batch
     def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -312,7 +329,7 @@ def _serve_until_stopped(settings: TritonSettings) -> int:
 
 
 def _print_banner(server: LocalTriton, models_dir: Path) -> None:
-    served = ", ".join(f"{name} v{version}" for name, version in server.models.items())
+    served = ", ".join(f"{name} v{','.join(map(str, versions))}" for name, versions in server.models.items())
     print(
         f"nearline triton serve: {served} from {models_dir}\n"
         f"  gRPC     {server.grpc_url}\n"

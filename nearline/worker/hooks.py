@@ -65,7 +65,11 @@ class Poison:
             if w.delivery.delivery_count > self.max_deliveries:
                 w.dead_letter = f"delivered {w.delivery.delivery_count - 1} times without being settled"
                 w.result = ResultMessage.failed(
-                    w.message.id, PoisonMessage.code, f"request {w.dead_letter}", worker=worker
+                    w.message.id,
+                    PoisonMessage.code,
+                    f"request {w.dead_letter}",
+                    worker=worker,
+                    traceparent=w.message.traceparent,
                 )
 
 
@@ -82,6 +86,7 @@ class Deadlines:
                     "the job's deadline passed before a worker could compute it",
                     worker=worker,
                     finished_at=now,
+                    traceparent=w.message.traceparent,
                 )
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from nearline import tracing
 from nearline.batching import BatchQueue, group_by
 from nearline.brokers.base import Broker, Delivery, LeaseLost
 from nearline.constants import (
@@ -108,6 +109,7 @@ class Worker:
         #: Set while the worker runs and its broker answers (``/readyz``).
         self.ready = threading.Event()
         self.outage = Outage(self.ready, backoff)
+        self.metrics.watch_ready(self.ready.is_set)
         self._stop = threading.Event()  # run()'s; until then (process() alone) never set
 
     # -- loop ---------------------------------------------------------------------------
@@ -237,7 +239,10 @@ class Worker:
         started = time.time()
         for w in group:
             assert w.message is not None
-            self.metrics.queue_wait.observe(max(started - w.message.enqueued_at, 0.0))
+            lane = w.message.priority
+            self.metrics.queue_wait.labels(pipeline, deployment or "", lane).observe(
+                max(started - w.message.enqueued_at, 0.0)
+            )
         try:
             outcome = self.runner.run(pipeline, [w.message.input for w in group if w.message], deployment)
             results: list[Any] = outcome.results
@@ -251,6 +256,7 @@ class Worker:
         for step, ms in timings.items():
             self.metrics.step_latency.labels(pipeline, deployment or "", step).observe(ms / 1000)
         self.metrics.compute_latency.labels(pipeline, deployment or "").observe(max(finished - started, 0.0))
+        tracing.batch([w.message for w in group if w.message], received, started, finished, timings)
         for w, res in zip(group, results, strict=True):
             assert w.message is not None
             meta = {
@@ -260,6 +266,7 @@ class Worker:
                 "started_at": started,
                 "finished_at": finished,
                 "timings": timings,
+                "traceparent": w.message.traceparent,
             }
             if isinstance(res, NearlineError):
                 w.result = ResultMessage.failed(w.message.id, res.code, res.message, **meta)
@@ -277,19 +284,21 @@ class Worker:
         """
         results = [(r.id, r.to_json()) for r in (w.result for w in batch) if r is not None]
         self._broker("publish results", partial(self.broker.send_many, self.config.response_queue, results))
+        tracing.published([w.result for w in batch if w.result is not None], time.time())
         for w in batch:
             if w.result is not None:
                 pipeline, deployment = (
                     (w.message.pipeline, w.message.deployment) if w.message else ("?", None)
                 )
-                self.metrics.results.labels(pipeline, deployment or "", w.result.status).inc()
+                labels = (pipeline, deployment or "", w.delivery.lane)
+                self.metrics.results.labels(*labels, w.result.status).inc()
                 if w.result.error:
-                    self.metrics.failures.labels(w.result.error["code"]).inc()
+                    self.metrics.failures.labels(*labels, w.result.error["code"]).inc()
         for w in batch:
             if w.dead_letter is not None:
                 try:
                     self._broker("dead-letter", partial(self.broker.dead_letter, w.delivery, w.dead_letter))
-                    self.metrics.dead_lettered.inc()
+                    self.metrics.dead_lettered.labels(w.delivery.lane).inc()
                 except LeaseLost:
                     log.warning("lease on %s lost before dead-lettering", w.delivery.message_id)
         done = [w.delivery for w in batch if w.dead_letter is None]
