@@ -74,7 +74,9 @@ def _check_one(settings: WorkerSettings, pipeline: Any) -> Result:
             ModelRepository(settings.models),
             backend=settings.model_backend,
             triton_url=settings.triton_url,
-            onnx=OnnxOptions(settings.onnx_threads, settings.onnx_providers),
+            onnx=OnnxOptions(
+                settings.onnx_threads, settings.onnx_providers, optimization=settings.onnx_optimization
+            ),
         )
         runner.warm()
         started = time.perf_counter()

@@ -41,6 +41,9 @@ class JobRecord:
     deployment chosen at submit (docs/deployments.md); None on records from before deployments.
     ``shadow_of`` is set on a shadow job (a mirrored copy, docs/deployments.md): the live job's id.
     A shadow's result is kept for comparison, never returned to a client nor called back.
+    ``timings`` is set when a worker's result ended the job: each pipeline step's milliseconds,
+    in order, for the micro-batch the job ran in (the dashboard's job page; not in the status
+    document). None for a job not ended by a worker.
     """
 
     id: str
@@ -61,6 +64,7 @@ class JobRecord:
     status_url: str | None = None
     deployment: str | None = None
     shadow_of: str | None = None
+    timings: dict[str, float] | None = None
 
     def with_status(self, status: JobStatus, output: Any = None, now: float | None = None) -> JobRecord:
         return replace(self, status=status, output=output, updated=now if now is not None else time.time())

@@ -73,7 +73,7 @@ class Lifecycle:
         self.deliveries = deliveries or Dispatcher(
             store, CallbackSender(CallbackGuard(configured_allow_list())), WebhookSettings.from_env()
         )
-        self._unlisten = store.on_finish(self._announce)
+        self._unlisten = store.on_callback(self._announce)
 
     def start(self) -> None:
         for target in (self._results_loop, self._sweep_loop):
@@ -126,7 +126,8 @@ class Lifecycle:
                     self.broker.dead_letter(d, f"malformed result message: {exc.message}")
         if done:
             now = time.time()  # the jobs' end: their records' `updated`
-            self.store.finish_many([_end(result) for _, result in done], now)
+            timings = {result.id: result.timings for _, result in done if result.timings}
+            self.store.finish_many([_end(result) for _, result in done], now, timings)
             if self.hops is not None:
                 for d, result in done:
                     self.hops.applied(result, d.enqueued_at, now)
@@ -136,7 +137,8 @@ class Lifecycle:
 
     def apply(self, result: ResultMessage) -> bool:
         """End a job from its result message; False if it had already ended (kept as it was)."""
-        return self._finish(*_end(result))
+        job_id, status, output = _end(result)
+        return self.store.finish(job_id, status, output, time.time(), result.timings or None)
 
     # -- deadlines and retention --------------------------------------------------------
 
@@ -170,9 +172,13 @@ class Lifecycle:
         return self.store.finish(job_id, status, output, time.time())
 
     def _announce(self, job_id: str) -> None:
-        """Store listener: the job's callback, if it has one, is in the outbox now; send it.
+        """Store listener (:meth:`StatusStore.on_callback`): the job's callback is in the outbox
+        now; send it.
 
-        Runs for every end this process makes: results, deadlines and terminate requests.
+        Runs for every end this process makes of a job with a ``callback_url`` (results,
+        deadlines and terminate requests): an end without one costs the outbox no look (a
+        round trip on Redis). The dispatcher's own poll finds the rest, e.g. deliveries that
+        other replicas' ends left.
         """
         self.deliveries.wake()
 

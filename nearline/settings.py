@@ -79,6 +79,8 @@ MODEL_BACKEND = Var(
 )
 ONNX_THREADS = Var("NEARLINE_ONNX_THREADS", whole(0), 0, "ONNX Runtime intra-op threads (0: its own)", _SW)
 ONNX_PROVIDERS = Var("NEARLINE_ONNX_PROVIDERS", keys, (), "ONNX Runtime execution providers", _SW)
+_OPTIMIZATIONS = OneOf("disable", "basic", "extended", "all")  # ONNX Runtime's levels; "all" its default
+ONNX_OPTIMIZATION = Var("NEARLINE_ONNX_OPTIMIZATION", _OPTIMIZATIONS, "all", "ONNX graph optimisation", _SW)
 TRITON_URL = Var("NEARLINE_TRITON_URL", text, None, _TRITON_HELP, _SW)
 CLAIM_CHECK_BYTES = Var(
     "NEARLINE_CLAIM_CHECK_BYTES", whole(0), c.CLAIM_CHECK_BYTES, "claim check (0: off)", _SWF
@@ -107,7 +109,7 @@ VARIABLES: tuple[Var, ...] = (
     BROKER, DATA_DIR, MODELS, PIPELINES, API_KEYS, ADMIN_KEYS, CALLBACK_ALLOW, MAX_QUEUE_DEPTH, RETENTION_S,
     MAX_BATCH, MAX_WAIT_MS, LEASE_S, MAX_DELIVERIES, WORKER_PORT, WORKER_HOST, MODEL_BACKEND, TRITON_URL,
     CLAIM_CHECK_BYTES, URL, KEY, SECRET, HEADER_TIMEOUT_S, BODY_TIMEOUT_S, MAX_CONNECTIONS, BLOB_STORE,
-    ONNX_THREADS, ONNX_PROVIDERS, BATCH_WINDOW,
+    ONNX_THREADS, ONNX_PROVIDERS, ONNX_OPTIMIZATION, BATCH_WINDOW,
     WEBHOOK_SECRET, WEBHOOK_RETRY_S, WEBHOOK_MAX_AGE_S, WEBHOOK_MAX_ATTEMPTS,
 )  # fmt: skip
 
@@ -137,6 +139,7 @@ class WorkerSettings(Settings):
     triton_url: str | None = env(TRITON_URL, "--triton-url")
     onnx_threads: int = env(ONNX_THREADS)
     onnx_providers: tuple[str, ...] = env(ONNX_PROVIDERS)
+    onnx_optimization: str = env(ONNX_OPTIMIZATION)
     blob_store: str | None = field(default=None, repr=False, metadata=env(BLOB_STORE).metadata)
     name: str | None = flag("--name", None, text, "worker name in result messages")
     torch_threads: int | None = None

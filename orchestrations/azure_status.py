@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from nearline import tracing
+from nearline.constants import DEFAULT_LANE, LANES
 from nearline.errors import JobFailure, NearlineError
 from nearline.jobs import JobRecord, JobStatus, error_output, status_document
 
@@ -124,8 +125,11 @@ def orchestrator_input(job: JobRecord) -> dict[str, Any]:
     """The scoring orchestrator's input: the job fields the orchestration and status need.
 
     ``fingerprint`` is the request's digest, which a repeat of a keyed request is compared with
-    (:func:`nearline.idempotency.reused`); Durable keeps it with the instance.
+    (:func:`nearline.idempotency.reused`); Durable keeps it with the instance. A shadow job
+    (docs/deployments.md, Mirroring) carries ``shadow_of``, the live job's id, and never a
+    callback: a shadow's result is kept for comparison, never delivered.
     """
+    callback = job.callback_url if job.shadow_of is None else None
     return {
         "job": {
             "id": job.id,
@@ -136,7 +140,8 @@ def orchestrator_input(job: JobRecord) -> dict[str, Any]:
             "fingerprint": job.fingerprint,
             **({"deployment": job.deployment} if job.deployment else {}),
             **({"traceparent": parent} if (parent := tracing.traceparent()) else {}),
-            **({"callback_url": job.callback_url, "status_url": job.status_url} if job.callback_url else {}),
+            **({"shadow_of": job.shadow_of} if job.shadow_of else {}),
+            **({"callback_url": callback, "status_url": job.status_url} if callback else {}),
         }
     }
 
@@ -173,6 +178,8 @@ def job_record(status: Any) -> JobRecord:
         fingerprint=job.get("fingerprint") if isinstance(job.get("fingerprint"), str) else None,
         deadline=_deadline(job.get("deadline")),
         deployment=job.get("deployment") if isinstance(job.get("deployment"), str) else None,
+        priority=str(job["priority"]) if job.get("priority") in LANES else DEFAULT_LANE,
+        shadow_of=job.get("shadow_of") if isinstance(job.get("shadow_of"), str) else None,
     )
 
 

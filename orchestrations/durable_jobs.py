@@ -21,7 +21,8 @@ Traffic: an endpoint's live split is its ``endpoint_split`` Durable Entity's sta
 (:mod:`orchestrations.split_entity`), read at most once a second per process
 (:mod:`orchestrations.split_readings`); a change signals the entity. The deployment is drawn
 here, in the HTTP starter, and travels in the orchestration's input: the orchestrator never reads
-the entity, so its replays cannot draw differently.
+the entity, so its replays cannot draw differently. A mirrored call's shadow job is an instance of
+its own whose input carries ``shadow_of`` and no callback (:func:`orchestrator_input`).
 """
 
 from __future__ import annotations

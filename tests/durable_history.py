@@ -28,10 +28,13 @@ from typing import Any, TypeVar
 
 from azure.durable_functions.constants import DATETIME_STRING_FORMAT
 from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrchestrationStatus
+from azure.durable_functions.models.EntityStateResponse import EntityStateResponse
 from azure.durable_functions.models.history.HistoryEventType import HistoryEventType as Ev
 from azure.durable_functions.models.PurgeHistoryResult import PurgeHistoryResult
 from azure.durable_functions.models.utils import http_utils
 from azure.durable_functions.orchestrator import Orchestrator
+
+from orchestrations.split_state import SPLIT_ENTITY
 
 _OUT_OF_PROC = "$OutOfProcData$:"
 T = TypeVar("T")
@@ -154,10 +157,17 @@ class FakeDurableClient:
 
     The real client is an HTTP client of the Durable extension inside the Functions host, and
     that host cannot run here. This double keeps instances the way the extension does and
-    answers with the library's own ``DurableOrchestrationStatus`` / ``PurgeHistoryResult``
-    objects built from extension-shaped JSON, so the code under test parses real objects. Like
-    the extension (``overridableExistingInstanceStates: NonRunningStates``), it refuses to start
-    over a running instance and silently replaces a finished one. Every call is recorded.
+    answers with the library's own ``DurableOrchestrationStatus`` / ``PurgeHistoryResult`` /
+    ``EntityStateResponse`` objects built from extension-shaped JSON, so the code under test
+    parses real objects. Like the extension (``overridableExistingInstanceStates:
+    NonRunningStates``), it refuses to start over a running instance and silently replaces a
+    finished one. Every call is recorded.
+
+    Entities (the ``endpoint_split`` entity of each endpoint): each state as the entity last
+    answered it (returned as the extension's HTTP API returns it, parsed JSON); a signal is
+    applied by the library's entity handle (:func:`run_entity`, the input JSON-encoded as the
+    client sends it), at once or, with ``hold_signals``, when :meth:`deliver` runs (Durable
+    applies a signal asynchronously). No entity: the endpoint runs on its pipelines file's split.
     """
 
     def __init__(self) -> None:
@@ -166,6 +176,11 @@ class FakeDurableClient:
         self.events: list[tuple[str, str, Any]] = []
         #: Called with the instance id before each ``get_status`` answers (to move a job on).
         self.before_status: Callable[[str], None] = lambda instance_id: None
+        self.entities: dict[str, Any] = {}
+        self.signals: list[tuple[str, str, Any]] = []
+        self.hold_signals = False
+        self.fail_reads = False
+        self._held: list[tuple[str, str, Any]] = []
 
     def calls_of(self, method: str) -> list[str]:
         return [instance for name, instance in self.calls if name == method]
@@ -241,6 +256,58 @@ class FakeDurableClient:
         if found["runtimeStatus"] not in ("Pending", "Running"):
             raise Exception(f"Instance with ID {instance_id} is gone: either completed or failed")
         self.events.append((instance_id, event_name, event_data))
+
+    async def read_entity_state(
+        self, entityId: Any, task_hub_name: Any = None, connection_name: Any = None
+    ) -> EntityStateResponse:
+        self.calls.append(("read_entity_state", entityId.key))
+        if self.fail_reads:
+            raise Exception("The operation failed with an unexpected status code 500")
+        if entityId.key not in self.entities:
+            return EntityStateResponse(False)
+        return EntityStateResponse(True, self.entities[entityId.key])  # the HTTP API's JSON body
+
+    async def signal_entity(
+        self, entityId: Any, operation_name: str, operation_input: Any = None, **_: Any
+    ) -> None:
+        assert entityId.name == SPLIT_ENTITY
+        self.calls.append(("signal_entity", entityId.key))
+        self.signals.append((entityId.key, operation_name, operation_input))
+        self._held.append((entityId.key, operation_name, json.loads(json.dumps(operation_input))))
+        if not self.hold_signals:
+            self.deliver()
+
+    def deliver(self) -> None:
+        """Apply the signals held so far, in order, through the entity's handle."""
+        for key, name, payload in self._held:
+            answer = run_entity(key, self.entities.get(key), (name, payload))
+            if answer["entityExists"]:
+                self.entities[key] = answer["entityState"]
+        self._held.clear()
+
+
+def entity_handle() -> Any:
+    """What the Functions host calls for ``endpoint_split``: the library's ``Entity`` handle."""
+    return registered_functions()[SPLIT_ENTITY].get_user_function()
+
+
+def run_entity(key: str, state: Any, *operations: tuple[str, Any]) -> dict[str, Any]:
+    """One batch of ``operations`` on the entity ``key`` whose stored state is ``state`` (None:
+    it does not exist); the extension-shaped answer, its state and results decoded."""
+    context = {
+        "self": {"name": SPLIT_ENTITY, "key": key},
+        "state": None if state is None else json.dumps(state),
+        "exists": state is not None,
+        "batch": [
+            {"name": name, "input": None if payload is None else json.dumps(json.dumps(payload))}
+            for name, payload in operations
+        ],
+    }
+    answer = json.loads(entity_handle()(json.dumps(context)))
+    answer["entityState"] = json.loads(answer["entityState"])
+    for result in answer["results"]:
+        result["result"] = json.loads(result["result"])
+    return answer
 
 
 def run(awaitable: Awaitable[T]) -> T:

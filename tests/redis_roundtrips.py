@@ -34,8 +34,9 @@ from nearline.worker.loop import Worker, WorkerConfig
 
 PIPELINES = Path(__file__).resolve().parent / "data" / "redis_pipelines.yaml"
 #: Sent on timers, not per job: the deadline sweep, retention, the split store's read (cached
-#: for half a second, so one every few jobs here).
-TIMED = {"ZRANGEBYSCORE", "purge", "GET", "SELECT"}
+#: for half a second, so one every few jobs here), the callback dispatcher's look at the outbox
+#: (every 0.5 s; a job ends without waking it unless it has a callback).
+TIMED = {"ZRANGEBYSCORE", "purge", "GET", "SELECT", "claim_deliveries"}
 
 
 def script_names() -> dict[str, str]:
@@ -109,10 +110,11 @@ def count(url: str, db: int, jobs: int) -> tuple[Counter[str], int]:
     client.flushdb()
     api_store, api_broker = RedisStore(url), RedisBroker(url)
     front = StoreJobs(catalog, api_broker, api_store)
-    life = Lifecycle(RedisBroker(url), api_store)
+    life_broker, worker_broker, worker_store = RedisBroker(url), RedisBroker(url), RedisStore(url)
+    life = Lifecycle(life_broker, api_store)
     repo = ModelRepository(PIPELINES.parent)  # identity loads no model
     runner = PipelineRunner(catalog, repo)
-    worker = Worker(RedisBroker(url), runner, store=RedisStore(url), config=WorkerConfig())
+    worker = Worker(worker_broker, runner, store=worker_store, config=WorkerConfig())
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     life.start()
@@ -140,7 +142,10 @@ def count(url: str, db: int, jobs: int) -> tuple[Counter[str], int]:
         thread.join(timeout=10)
         life.stop()
         recorder.close()
+        for part in (api_store, api_broker, life_broker, worker_broker, worker_store):
+            part.close()  # the store's wake-up thread too
         client.flushdb()
+        client.close()
     return Counter(recorder.commands), jobs
 
 

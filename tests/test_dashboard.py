@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import unavailable
+import redis
+from conftest import require_server, unavailable
 from serving import Server, running_server
 from test_worker_process import PIPELINES, TESTS, start_worker
 from waiting import wait_until
@@ -32,6 +33,10 @@ from nearline.brokers import open_broker
 from nearline.constants import REQUEST_QUEUE
 from nearline.http.dashboard import stats
 from nearline.jobs import JobRecord, JobStatus
+from nearline.store import StatusStore
+from nearline.store.memory import MemoryStore
+from nearline.store.redis_hashes import JOB_PREFIX, RedisStore
+from nearline.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "nearline" / "http" / "dashboard" / "static"
@@ -167,6 +172,36 @@ def test_an_admin_changes_an_endpoints_traffic_from_the_overview(system: System)
     assert 'action="/ui/traffic/record"' not in get(system, "/ui", API_KEY).text
 
 
+def test_a_jobs_page_draws_the_workers_step_timings_kept_off_the_status_document(system: System) -> None:
+    done = system.jobs["done"]
+    page = get(system, f"/ui/jobs/{done}", API_KEY).text
+    steps = re.search(r'<table class="steps" id="job-steps">(.*?)</table>', page, re.S)
+    assert steps is not None, page
+    [(step, ms, width)] = re.findall(
+        r'<tr><td>(\w+)</td><td class="num">([0-9.]+)</td><td class="barcell"><span class="bar" '
+        r'style="width: ([0-9.]+)%"></span></td></tr>',
+        steps.group(1),
+    )
+    assert (step, float(width)) == ("record", 100.0) and float(ms) >= 0  # the longest step is the full bar
+    assert "timings" not in system.status(done)  # the contract's document is unchanged
+    dead = get(system, f"/ui/jobs/{system.jobs['dead']}", API_KEY).text
+    assert 'id="job-steps"' not in dead  # dead-lettered: no worker ran its steps
+
+
+def test_the_overview_shows_each_deployments_compare_figures(system: System) -> None:
+    page = get(system, "/ui", API_KEY).text
+    cells = re.search(
+        r'<td class="num" data-compare="record/v1">(\d+)[^<]*</td>\s*<td class="num[^"]*">([^<]+)</td>\s*'
+        r'<td class="num">([^<]+)</td>',
+        page,
+    )
+    assert cells is not None, page
+    requests, failure_rate, latency = cells.groups()
+    assert int(requests) >= 2  # the dead letter's job (Failed) and the completed one, at least
+    assert failure_rate.endswith("%") and re.fullmatch(r"[0-9.]+ / [0-9.]+", latency), cells.groups()
+    assert "GET /api/endpoints/{name}/compare" in page
+
+
 @dataclass
 class Browser:
     """A page in headless Chromium that records console errors and every URL it asks for."""
@@ -255,20 +290,81 @@ def test_the_vendored_scripts_are_what_vendor_md_says() -> None:
         assert hashlib.sha256((STATIC / name).read_bytes()).hexdigest() == digest, name
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_a_store_lists_the_newest_jobs_first(kind: str, tmp_path: Path) -> None:
-    from nearline.store.memory import MemoryStore
-    from nearline.store.sqlite import SqliteStore
+#: This suite's Redis database (flushed before and after each test that uses it).
+REDIS_DB = 8
 
-    store = MemoryStore() if kind == "memory" else SqliteStore(f"sqlite:///{tmp_path / 'n.db'}")
+
+def open_kind(kind: str, tmp_path: Path) -> StatusStore:
+    """A fresh, empty store of ``kind``."""
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SqliteStore(f"sqlite:///{tmp_path / 'n.db'}")
+    require_server("Redis", "127.0.0.1", 6379)
+    url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+    with redis.Redis.from_url(url) as r:
+        r.flushdb()
+    return RedisStore(url)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StatusStore]:
+    store = open_kind(request.param, tmp_path)
     try:
-        for n in range(5):
-            store.create(JobRecord(f"job-{n}", "record", {"n": n}, created=1000.0 + n, updated=1000.0 + n))
-        store.finish("job-1", JobStatus.COMPLETED, {"ok": True}, 2000.0)
-        assert [j.id for j in store.recent(3)] == ["job-4", "job-3", "job-2"]
-        assert store.recent(10)[3].status is JobStatus.COMPLETED and len(store.recent(10)) == 5
+        yield store
     finally:
         store.close()
+        if request.param == "redis":
+            with redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}") as r:
+                r.flushdb()
+
+
+def test_a_store_lists_the_newest_jobs_first(any_store: StatusStore) -> None:
+    store = any_store
+    for n in range(5):  # every submitted job has a deadline (the Redis store lists by it)
+        created = 1000.0 + n
+        store.create(
+            JobRecord(f"job-{n}", "record", {"n": n}, created=created, updated=created, deadline=created + 30)
+        )
+    store.finish("job-1", JobStatus.COMPLETED, {"ok": True}, 2000.0)
+    store.finish("job-4", JobStatus.FAILED, None, 2001.0)  # ended last, created last: first still
+    assert [j.id for j in store.recent(3)] == ["job-4", "job-3", "job-2"]
+    listed = store.recent(10)
+    assert [j.id for j in listed] == ["job-4", "job-3", "job-2", "job-1", "job-0"]
+    assert [j.status for j in listed] == [
+        JobStatus.FAILED,
+        *[JobStatus.PENDING] * 2,
+        JobStatus.COMPLETED,
+        JobStatus.PENDING,
+    ]
+    assert listed[3].output == {"ok": True} and listed[2].input == {"n": 2}
+    assert store.recent(1)[0].id == "job-4"
+    store.delete("job-4")
+    assert [j.id for j in store.recent(2)] == ["job-3", "job-2"]
+
+
+@pytest.mark.redis
+def test_the_redis_store_lists_unfinished_and_ended_jobs_and_skips_expired_records(tmp_path: Path) -> None:
+    # recent() on Redis merges two indexes (unfinished by deadline, ended by update time) and reads
+    # the records: an index entry whose record the retention TTL removed is left out. Exact when
+    # jobs share a timeout and end in about the order they came (docs/operations.md says so).
+    store = open_kind("redis", tmp_path)
+    assert isinstance(store, RedisStore)
+    try:
+        for n in range(60):  # more than one index page of the default limit
+            t = 1000.0 + n
+            store.create(JobRecord(f"job-{n:02}", "record", None, created=t, updated=t, deadline=t + 30))
+        for n in range(0, 60, 2):
+            store.finish(f"job-{n:02}", JobStatus.COMPLETED, n, 2000.0 + n)
+        assert [j.id for j in store.recent(4)] == ["job-59", "job-58", "job-57", "job-56"]
+        assert [j.id for j in store.recent()] == [f"job-{n:02}" for n in range(59, 9, -1)]
+        store.client.delete(JOB_PREFIX + "job-58")  # expired: still in the finished index
+        assert [j.id for j in store.recent(3)] == ["job-59", "job-57", "job-56"]
+        assert store.recent(0) == []
+    finally:
+        store.close()
+        with redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}") as r:
+            r.flushdb()
 
 
 def test_the_live_numbers_count_ends_latency_failures_and_lanes() -> None:

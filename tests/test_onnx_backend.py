@@ -99,3 +99,36 @@ def test_the_workers_settings_set_the_session_options(repo: ModelRepository, tmp
     assert open_runner(shared)._backends["onnx"].options.intra_op_threads == 1  # nearline serve's share
     with pytest.raises(ConfigError, match="NEARLINE_ONNX_PROVIDERS"):
         open_runner(WorkerSettings.from_env({**env, "NEARLINE_ONNX_PROVIDERS": "NoSuchExecutionProvider"}))
+
+
+@pytest.mark.parametrize(
+    ("word", "level"),
+    [
+        ("disable", "ORT_DISABLE_ALL"),
+        ("basic", "ORT_ENABLE_BASIC"),
+        ("extended", "ORT_ENABLE_EXTENDED"),
+        (None, "ORT_ENABLE_ALL"),  # unset: ONNX Runtime's own default
+    ],
+)
+def test_the_graph_optimisation_level_reaches_the_session(
+    repo: ModelRepository, tmp_path: Path, word: str | None, level: str
+) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "pipelines:\n  iris:\n    input_schema: {type: object}\n    deployment:\n      name: v1\n"
+        "      steps: [{name: predict, model: iris, version: 1, backend: onnx}]\n"
+    )
+    env = {"NEARLINE_PIPELINES": str(tmp_path / "p.yaml"), "NEARLINE_MODELS": str(repo.root)}
+    if word is not None:
+        env["NEARLINE_ONNX_OPTIMIZATION"] = word
+    backend = open_runner(WorkerSettings.from_env(env))._backends["onnx"]
+    assert isinstance(backend, OnnxBackend)
+    session = backend._session("iris", 1)
+    assert session.get_session_options().graph_optimization_level.name == level
+    assert backend.infer("iris", 1, {"X": np.array([[5.1, 3.5, 1.4, 0.2]])})["label"].tolist() == [0]
+
+
+def test_a_bad_optimisation_level_is_a_config_error_naming_the_variable(repo: ModelRepository) -> None:
+    with pytest.raises(ConfigError, match=r"NEARLINE_ONNX_OPTIMIZATION.*disable, basic, extended, all"):
+        WorkerSettings.from_env({"NEARLINE_ONNX_OPTIMIZATION": "fast"})
+    with pytest.raises(ConfigError, match=r"NEARLINE_ONNX_OPTIMIZATION must be one of .*not 'fast'"):
+        OnnxBackend(repo, OnnxOptions(optimization="fast"))

@@ -1,12 +1,14 @@
 """The Redis fast path (issue #19): a submit in one script, a batch of ends in one, the ended
-record handed to the waiter, receives that block on what they last saw, and the round trips of
-a whole job counted with MONITOR. Redis database 7, flushed before and after each test."""
+record handed to the waiter, receives that block on what they last saw, the worker's status
+read and mark-Running in one script, its results and completions in one, and the round trips
+of a whole job counted with MONITOR. Redis database 9, flushed before and after each test."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,9 @@ from conftest import require_server
 from redis_roundtrips import CLIENT_NAME, TIMED, Recorder, count
 
 from nearline.brokers.redis_streams import RedisBroker
-from nearline.constants import REQUEST_QUEUE
-from nearline.errors import Overloaded
+from nearline.constants import REQUEST_QUEUE, RESPONSE_QUEUE
+from nearline.deliveries import POLL_S
+from nearline.errors import NearlineError, Overloaded
 from nearline.jobs import JobRecord, JobStatus
 from nearline.pipelines.spec import load_pipelines
 from nearline.store import redis_wakeups
@@ -178,10 +181,72 @@ def test_a_receive_that_took_every_entry_then_blocks_on_what_it_saw(parts) -> No
     assert broker.receive(REQUEST_QUEUE, 10, 0.2) == []
 
 
-def test_a_job_end_to_end_takes_at_most_thirteen_round_trips(r: redis.Redis) -> None:
-    counted, jobs = count(URL, DB, 5)
+def test_start_jobs_reads_and_marks_a_batch_in_one_round_trip(r: redis.Redis, parts) -> None:  # type: ignore[no-untyped-def]
+    store, _ = parts
+    for job_id in ("a", "b", "c"):
+        store.create(_job(job_id))
+    store.finish("c", JobStatus.TERMINATED, "stop", time.time())
+    recorder = Recorder(r, DB)
+    recorder.record(True)
+    found = store.start_jobs(["a", "b", "c", "gone"], time.time())
+    recorder.record(False)
+    recorder.close()
+    assert recorder.commands == ["start_jobs"]
+    assert found == {"a": JobStatus.PENDING, "b": JobStatus.PENDING, "c": JobStatus.TERMINATED}
+    assert store.statuses(["a", "b", "c"]) == {
+        "a": JobStatus.RUNNING,
+        "b": JobStatus.RUNNING,
+        "c": JobStatus.TERMINATED,
+    }
+
+
+def test_send_then_complete_is_one_round_trip(r: redis.Redis, parts) -> None:  # type: ignore[no-untyped-def]
+    _, broker = parts
+    broker.send_many(REQUEST_QUEUE, [("a", b"1"), ("b", b"2")])
+    got = broker.receive(REQUEST_QUEUE, 10, 1.0)
+    assert broker.depth(RESPONSE_QUEUE) == 0  # its consumer groups made (once per broker)
+    assert broker.claim_check.threshold > 0
+    big = b"x" * (broker.claim_check.threshold + 1)  # a claim-checked result goes out whole
+    recorder = Recorder(r, DB)
+    recorder.record(True)
+    lost = broker.send_then_complete(RESPONSE_QUEUE, [("a", b"ra"), ("b", big)], got)
+    recorder.record(False)
+    recorder.close()
+    assert lost == [] and recorder.commands == ["send_then_complete"]
+    assert broker.depth(REQUEST_QUEUE) == 0 and r.exists(f"{RESPONSE_QUEUE}:blob:b")
+    assert [(d.message_id, d.body) for d in broker.receive(RESPONSE_QUEUE, 10, 1.0)] == [
+        ("a", b"ra"),
+        ("b", big),
+    ]
+
+
+def test_send_then_complete_sends_first_even_when_it_stops_part_way(r: redis.Redis, parts) -> None:  # type: ignore[no-untyped-def]
+    _, broker = parts
+    broker.send(REQUEST_QUEUE, b"1", message_id="a")
+    [held] = broker.receive(REQUEST_QUEUE, 10, 1.0)
+    r.set(f"{REQUEST_QUEUE}:odd", "not a stream")  # the first settle fails with WRONGTYPE
+    odd = replace(held, lane="odd")
+    with pytest.raises(NearlineError, match="WRONGTYPE"):
+        broker.send_then_complete(RESPONSE_QUEUE, [("a", b"ra")], [odd, held])
+    # the result went out; no request was completed without it, and "a" is still leased
+    assert [d.message_id for d in broker.receive(RESPONSE_QUEUE, 10, 1.0)] == ["a"]
+    assert broker.depth(REQUEST_QUEUE) == 1
+    assert broker.complete_many([held]) == []
+
+
+def test_a_job_end_to_end_takes_at_most_ten_round_trips(r: redis.Redis) -> None:
+    started = time.monotonic()
+    counted, jobs = count(URL, DB, 10)
+    elapsed = time.monotonic() - started
     per_job = {label: n / jobs for label, n in counted.items() if label not in TIMED}
     assert per_job["submit"] == 1 and "depth" not in per_job and "create" not in per_job
     assert per_job["HGETALL"] <= 1  # the answer's record was handed over
-    # 18 before issue #19's merges, 13 after; blocked reads that time out may add a little.
-    assert sum(per_job.values()) <= 13.5, per_job
+    # the worker: its status read and mark-Running in one script, its result and settle in one
+    assert per_job["start_jobs"] == 1 and "HGET" not in per_job and "mark_running" not in per_job
+    assert per_job["send_then_complete"] == 1 and "send" not in per_job
+    # the outbox is looked at on the dispatcher's timer only (a look per POLL_S at most, the
+    # warm-up's time included), not once per job: these jobs have no callback
+    assert counted["claim_deliveries"] <= elapsed / POLL_S + 1, (counted, elapsed)
+    # 18 before issue #19's merges, 13 after the first, 10 now; blocked reads that time out
+    # may add a little.
+    assert sum(per_job.values()) <= 10.5, per_job

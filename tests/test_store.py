@@ -96,6 +96,7 @@ def test_create_then_get_round_trips_every_field(store: StatusStore) -> None:
         status_url="https://api.example.test/api/jobs/x",
         deployment="v2",
         shadow_of="live-job-1",
+        timings={"pre": 0.125, "model": 3.5},
     )
     unset = [
         f.name for f in fields(JobRecord) if f.default is not MISSING and getattr(j, f.name) == f.default
@@ -181,6 +182,28 @@ def test_finish_many_ends_each_job_as_finish_would(store: StatusStore) -> None:
         ended.id: (JobStatus.TERMINATED, "stop"),
     }
     assert store.finish_many([], T0 + 3) == []
+
+
+def test_a_workers_step_timings_are_kept_on_the_ended_record(store: StatusStore) -> None:
+    # The dashboard's job page draws them; a job ended otherwise (terminate, deadline) has none.
+    one, many, other, stopped = job(), job(), job(), job()
+    for j in (one, many, other, stopped):
+        store.create(j)
+    steps = {"pre": 0.5, "model": 12.25, "post": 0.0}
+    assert store.finish(one.id, JobStatus.COMPLETED, {"label": 1}, T0 + 1, steps)
+    ends = [(many.id, JobStatus.COMPLETED, {}), (other.id, JobStatus.FAILED, None)]
+    assert store.finish_many(ends, T0 + 1, {many.id: {"embed": 7.5}}) == [True, True]
+    assert store.finish(stopped.id, JobStatus.TERMINATED, None, T0 + 1)
+    got = {j.id: store.get(j.id) for j in (one, many, other, stopped)}
+    assert {i: g.timings for i, g in got.items() if g is not None} == {
+        one.id: steps,
+        many.id: {"embed": 7.5},
+        other.id: None,
+        stopped.id: None,
+    }
+    assert list((got[one.id] or job()).timings or {}) == ["pre", "model", "post"]  # in step order
+    assert not store.finish(one.id, JobStatus.FAILED, None, T0 + 2, {"late": 1.0})  # the first end stays
+    assert (store.get(one.id) or job()).timings == steps
 
 
 def test_finish_needs_a_terminal_status(store: StatusStore) -> None:

@@ -9,7 +9,8 @@ Semantics every backend guarantees (the contract suite in ``tests/test_brokers.p
   invisible to other receivers until completed, abandoned, dead-lettered or the lease expires,
   after which it is delivered again with ``delivery_count`` one higher. Lanes are drained in
   priority order: ``high`` before ``normal`` before ``low``.
-* ``complete`` removes a leased message; ``abandon`` makes it visible again at once;
+* ``complete`` removes a leased message (``send_then_complete``: sends, then completes, in one
+  round trip where the backend can); ``abandon`` makes it visible again at once;
   ``dead_letter`` moves it to the queue's dead-letter store. Settling with a stale lease
   (expired and re-leased elsewhere) raises :class:`LeaseLost` and changes nothing.
 * ``depth`` counts messages waiting or leased (not dead-lettered).
@@ -115,6 +116,20 @@ class Broker(abc.ABC):
             except LeaseLost:
                 lost.append(delivery)
         return lost
+
+    def send_then_complete(
+        self, queue: str, messages: Sequence[tuple[str, bytes]], deliveries: Sequence[Delivery]
+    ) -> list[Delivery]:
+        """:meth:`send_many` of ``messages`` to ``queue`` (default lane), then :meth:`complete_many`
+        of ``deliveries``: a worker publishes a batch's results and settles its requests with
+        this, in one round trip where the backend can (Redis: one script). Every send comes
+        before any completion, so a call that fails part way has completed nothing whose result
+        was not sent (at-least-once); calling it again is harmless (sends are idempotent).
+
+        Returns the deliveries whose lease was lost (left unchanged), as :meth:`complete_many`.
+        """
+        self.send_many(queue, messages)
+        return self.complete_many(deliveries)
 
     @abc.abstractmethod
     def abandon(self, delivery: Delivery) -> None:

@@ -19,6 +19,8 @@ min-idle-time=horizon`` exactly L ms later; an idle time at or past the horizon 
 
 from __future__ import annotations
 
+from typing import Any
+
 PRELUDE = """
 local function now_ms()
   local t = redis.call('TIME')
@@ -143,33 +145,67 @@ end
 return {cursors, out, last, length}
 """
 
-#: KEYS: lane stream, dead-letter stream. ARGV: group, op (complete|abandon|dead), entry id,
-#: delivery count, consumer, horizon ms, queue prefix, lane, message id, reason (dead),
+#: ``settle(K, A)``: K: lane stream, dead-letter stream. A: group, op (complete|abandon|dead),
+#: entry id, delivery count, consumer, horizon ms, queue prefix, lane, message id, reason (dead),
 #: dead-letter stream's approximate cap.
 #: Returns 1 when done, 0 when the lease is no longer held (nothing changed).
-SETTLE = """
-local group, op, entry, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local horizon = tonumber(ARGV[6])
-local p = redis.call('XPENDING', KEYS[1], group, entry, entry, 1)[1]
-if not p or p[2] ~= ARGV[5] or tostring(p[4]) ~= count or tonumber(p[3]) >= horizon then
-  return 0
-end
-if op == 'abandon' then
-  redis.call('XCLAIM', KEYS[1], group, ARGV[5], 0, entry, 'IDLE', tostring(horizon), 'JUSTID')
+SETTLE_FUNCTION = """
+local function settle(K, A)
+  local group, op, entry, count = A[1], A[2], A[3], A[4]
+  local horizon = tonumber(A[6])
+  local p = redis.call('XPENDING', K[1], group, entry, entry, 1)[1]
+  if not p or p[2] ~= A[5] or tostring(p[4]) ~= count or tonumber(p[3]) >= horizon then
+    return 0
+  end
+  if op == 'abandon' then
+    redis.call('XCLAIM', K[1], group, A[5], 0, entry, 'IDLE', tostring(horizon), 'JUSTID')
+    return 1
+  end
+  local prefix, lane, mid = A[7], A[8], A[9]
+  if op == 'dead' then
+    local row = redis.call('XRANGE', K[1], entry, entry)[1]
+    local f = row and fields_of(row[2]) or {}
+    local body = f['body']
+    if f['blob'] == '1' then body = redis.call('GET', prefix .. ':blob:' .. mid) end
+    redis.call('XADD', K[2], 'MAXLEN', '~', A[11], '*', 'id', mid, 'reason', A[10],
+      'count', count, 'lane', lane, 'body', body or '')
+  end
+  drop(prefix, group, lane, entry, mid)
   return 1
 end
-local prefix, lane, mid = ARGV[7], ARGV[8], ARGV[9]
-if op == 'dead' then
-  local row = redis.call('XRANGE', KEYS[1], entry, entry)[1]
-  local f = row and fields_of(row[2]) or {}
-  local body = f['body']
-  if f['blob'] == '1' then body = redis.call('GET', prefix .. ':blob:' .. mid) end
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[11], '*', 'id', mid, 'reason', ARGV[10],
-    'count', count, 'lane', lane, 'body', body or '')
-end
-drop(prefix, group, lane, entry, mid)
-return 1
 """
+
+#: KEYS and ARGV: those of ``settle``.
+SETTLE = (
+    SETTLE_FUNCTION
+    + """
+return settle(KEYS, ARGV)
+"""
+)
+
+#: Per message ``send``'s KEYS (4) and ARGV (6), then per delivery ``settle``'s KEYS (2) and
+#: ARGV (11, op ``complete``); ARGV[1] is the number of messages. Every send runs before any
+#: settle (publish, then settle: at-least-once even if the script stops part way). Returns each
+#: delivery's ``settle`` answer, in order. A worker's results and completions in one round trip.
+SEND_THEN_COMPLETE = (
+    SEND_FUNCTION
+    + SETTLE_FUNCTION
+    + """
+local function slice(t, from, n)
+  local out = {}
+  for i = from, from + n - 1 do out[#out + 1] = t[i] end
+  return out
+end
+
+local m = tonumber(ARGV[1])
+for i = 0, m - 1 do send(slice(KEYS, 1 + 4 * i, 4), slice(ARGV, 2 + 6 * i, 6)) end
+local done = {}
+for i = 0, (#KEYS - 4 * m) / 2 - 1 do
+  done[i + 1] = settle(slice(KEYS, 1 + 4 * m + 2 * i, 2), slice(ARGV, 2 + 6 * m + 11 * i, 11))
+end
+return done
+"""
+)
 
 #: ``depth(K, A)``: K: the lane streams, the expiry zset. A: group, horizon ms, queue prefix,
 #: scan limit. Drops messages whose TTL has passed and that no live lease holds; returns the
@@ -220,6 +256,17 @@ SCRIPTS = {
     "send": PRELUDE + SEND,
     "receive": PRELUDE + RECEIVE,
     "settle": PRELUDE + SETTLE,
+    "send_then_complete": PRELUDE + SEND_THEN_COMPLETE,
     "depth": PRELUDE + DEPTH,
     "forget_consumers": PRELUDE + FORGET_CONSUMERS,
 }
+
+
+def send_then_complete_args(
+    sends: list[tuple[list[str], list[Any]]], settles: list[tuple[list[str], list[Any]]]
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``send_then_complete`` from each message's ``send`` KEYS and ARGV and
+    each delivery's ``settle`` KEYS and ARGV."""
+    keys = [k for part in (*sends, *settles) for k in part[0]]
+    args: list[Any] = [len(sends), *(a for part in (*sends, *settles) for a in part[1])]
+    return keys, args

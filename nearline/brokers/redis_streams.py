@@ -61,7 +61,7 @@ import redis
 
 from nearline.brokers.base import Broker, DeadLetter, Delivery, LeaseLost
 from nearline.brokers.redis_client import connect, redis_error
-from nearline.brokers.redis_lua import SCRIPTS
+from nearline.brokers.redis_lua import SCRIPTS, send_then_complete_args
 from nearline.claim_check import ClaimCheck, RedisBlobs
 from nearline.constants import DEFAULT_LANE, LANES, LEASE_S
 
@@ -333,6 +333,18 @@ class RedisBroker(Broker):
             return pipe.execute()
 
         done = self._call(deliveries[0].queue, run)
+        return [d for d, ok in zip(deliveries, done, strict=True) if not ok]
+
+    def send_then_complete(
+        self, queue: str, messages: Sequence[tuple[str, bytes]], deliveries: Sequence[Delivery]
+    ) -> list[Delivery]:
+        if not messages or not deliveries:  # only one of the two: its own call
+            self.send_many(queue, messages)
+            return self.complete_many(deliveries)
+        sends = [self._send_args(queue, mid, body, DEFAULT_LANE, None) for mid, body in messages]
+        keys, args = send_then_complete_args(sends, [self._settle_args(d, "complete") for d in deliveries])
+        run = partial(self._script, "send_then_complete", keys, args)
+        done = self._call(queue, partial(self._call, deliveries[0].queue, run))  # both queues' groups
         return [d for d, ok in zip(deliveries, done, strict=True) if not ok]
 
     def abandon(self, delivery: Delivery) -> None:

@@ -47,10 +47,13 @@ class OnnxOptions:
             physical core). ``nearline serve`` gives each worker its share of the cores.
         providers: Execution providers in order of preference; empty: CUDA where ONNX Runtime
             has it, else CPU.
+        optimization: Graph optimisation level: ``disable``, ``basic``, ``extended`` or ``all``
+            (ONNX Runtime's default).
     """
 
     intra_op_threads: int = 0
     providers: tuple[str, ...] = ()
+    optimization: str = "all"
 
 
 class ModelBackend(Protocol):
@@ -149,4 +152,3 @@ def model_inputs(spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str,
     if 0 in rows:
         raise ModelError(f"model '{spec.name}': an empty batch (0 rows)")
     return arrays
-

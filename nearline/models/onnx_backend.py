@@ -7,8 +7,8 @@ batch or the call raises :class:`~nearline.errors.ModelError`. One ``InferenceSe
 model version, created once under a lock (``run`` itself is thread-safe in ONNX Runtime).
 
 Session options come from the worker's settings (:class:`~nearline.models.backend.OnnxOptions`:
-``NEARLINE_ONNX_THREADS``, ``NEARLINE_ONNX_PROVIDERS``); without providers named, CUDA is used
-where the installed ONNX Runtime has it, else the CPU.
+``NEARLINE_ONNX_THREADS``, ``NEARLINE_ONNX_PROVIDERS``, ``NEARLINE_ONNX_OPTIMIZATION``); without
+providers named, CUDA is used where the installed ONNX Runtime has it, else the CPU.
 """
 
 from __future__ import annotations
@@ -27,6 +27,13 @@ from nearline.models.repository import ModelRepository
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 #: ONNX Runtime logs warnings (unused initialisers, ...) on every load: errors only.
 _LOG_ERRORS_ONLY = 3
+#: ``NEARLINE_ONNX_OPTIMIZATION``'s words: ONNX Runtime's graph optimisation levels.
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 class OnnxBackend:
@@ -37,13 +44,15 @@ class OnnxBackend:
         options: Session options.
 
     Raises:
-        ConfigError: A provider named in ``options`` is not in this ONNX Runtime build.
+        ConfigError: A provider named in ``options`` is not in this ONNX Runtime build, or its
+            optimisation level is not one of :data:`OPTIMIZATION_LEVELS`.
     """
 
     def __init__(self, repository: ModelRepository, options: OnnxOptions | None = None) -> None:
         self.repository = repository
         self.options = options or OnnxOptions()
         self.providers = providers(self.options.providers)
+        self.optimization = optimization_level(self.options.optimization)
         self._sessions: dict[tuple[str, int], ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
@@ -107,9 +116,23 @@ class OnnxBackend:
     def _session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.log_severity_level = _LOG_ERRORS_ONLY
+        options.graph_optimization_level = self.optimization
         if self.options.intra_op_threads > 0:
             options.intra_op_num_threads = self.options.intra_op_threads
         return options
+
+
+def optimization_level(name: str) -> ort.GraphOptimizationLevel:
+    """ONNX Runtime's graph optimisation level for a ``NEARLINE_ONNX_OPTIMIZATION`` word.
+
+    Raises:
+        ConfigError: ``name`` is not one of :data:`OPTIMIZATION_LEVELS` (the message lists them).
+    """
+    if name not in OPTIMIZATION_LEVELS:
+        raise ConfigError(
+            f"NEARLINE_ONNX_OPTIMIZATION must be one of {', '.join(OPTIMIZATION_LEVELS)}, not {name!r}"
+        )
+    return OPTIMIZATION_LEVELS[name]
 
 
 def providers(named: tuple[str, ...] = ()) -> tuple[str, ...]:

@@ -10,7 +10,8 @@ Guarantees every backend gives (checked by ``tests/test_store.py`` on each):
   ``finish`` only moves a non-terminal job to a terminal state and returns False otherwise,
   so a job never has two different results.
 * Every terminal transition made through this store notifies :attr:`waiters` and the
-  :meth:`on_finish` listeners (the local lifecycle wakes its callback dispatcher from there).
+  :meth:`on_finish` listeners, and those of :meth:`on_callback` when it wrote a callback
+  delivery (the local lifecycle wakes its callback dispatcher from there).
 * The outbox: ``finish`` of a job with a ``callback_url`` writes its :class:`CallbackDelivery`
   in the same transaction (and sets ``customStatus.callback`` to Pending), so a job's end and
   its callback are never one without the other, whatever process dies when. ``claim_deliveries``
@@ -23,7 +24,7 @@ Guarantees every backend gives (checked by ``tests/test_store.py`` on each):
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +91,7 @@ class StatusStore(abc.ABC):
     def __init__(self) -> None:
         self.waiters = Waiters()
         self._listeners: list[Callable[[str], None]] = []
+        self._callback_listeners: list[Callable[[str], None]] = []
 
     def on_finish(self, listener: Callable[[str], None]) -> Callable[[], None]:
         """Call ``listener(job_id)`` after each terminal transition this store instance makes.
@@ -100,11 +102,26 @@ class StatusStore(abc.ABC):
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def _finished(self, job_id: str) -> None:
-        """Backends call this after a successful terminal transition."""
+    def on_callback(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(job_id)`` after each terminal transition this store instance makes
+        that put the job's callback in the outbox (the local lifecycle wakes its callback
+        dispatcher from here, so a job without a ``callback_url`` costs the outbox no look).
+
+        Returns a function that removes the listener. As :meth:`on_finish`'s, on the finishing
+        thread.
+        """
+        self._callback_listeners.append(listener)
+        return lambda: self._callback_listeners.remove(listener)
+
+    def _finished(self, job_id: str, callback: bool = True) -> None:
+        """Backends call this after a successful terminal transition; ``callback``: whether it
+        wrote a callback delivery (a backend that cannot tell leaves it True)."""
         self.waiters.notify(job_id)
         for listener in list(self._listeners):
             listener(job_id)
+        if callback:
+            for listener in list(self._callback_listeners):
+                listener(job_id)
 
     @abc.abstractmethod
     def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
@@ -141,16 +158,30 @@ class StatusStore(abc.ABC):
         """Move those of ``job_ids`` that are Pending to Running."""
 
     @abc.abstractmethod
-    def finish(self, job_id: str, status: JobStatus, output: Any, now: float) -> bool:
-        """Move a non-terminal job to terminal ``status``; False if absent or already terminal."""
+    def finish(
+        self, job_id: str, status: JobStatus, output: Any, now: float, timings: dict[str, float] | None = None
+    ) -> bool:
+        """Move a non-terminal job to terminal ``status``; False if absent or already terminal.
 
-    def finish_many(self, ends: Sequence[tuple[str, JobStatus, Any]], now: float) -> list[bool]:
+        ``timings`` (a worker's per-step milliseconds) is kept on the ended record.
+        """
+
+    def finish_many(
+        self,
+        ends: Sequence[tuple[str, JobStatus, Any]],
+        now: float,
+        timings: Mapping[str, dict[str, float]] | None = None,
+    ) -> list[bool]:
         """:meth:`finish` each ``(job_id, status, output)``; each one's answer, in order.
+        ``timings``: the per-step timings of those jobs that have them, by job id.
 
         The lifecycle ends a received batch of results with one call; a backend that can do
         it in one transaction (or round trip) overrides this.
         """
-        return [self.finish(job_id, status, output, now) for job_id, status, output in ends]
+        found = timings or {}
+        return [
+            self.finish(job_id, status, output, now, found.get(job_id)) for job_id, status, output in ends
+        ]
 
     @abc.abstractmethod
     def delete(self, job_id: str) -> bool:
@@ -200,6 +231,18 @@ class StatusStore(abc.ABC):
             if job is not None:
                 out[job_id] = job.status
         return out
+
+    def start_jobs(self, job_ids: Iterable[str], now: float) -> dict[str, JobStatus]:
+        """:meth:`statuses` and :meth:`mark_running` of the Pending ones, as one step where the
+        backend can (one script on Redis, one transaction on SQLite): the worker's liveness
+        check before a batch. Returns each existing job's status as it was before the call
+        (a Pending one is Running afterwards; a terminal one is left as it was).
+        """
+        found = self.statuses(job_ids)
+        pending = [job_id for job_id, status in found.items() if status is JobStatus.PENDING]
+        if pending:
+            self.mark_running(pending, now)
+        return found
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

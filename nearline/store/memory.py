@@ -72,19 +72,29 @@ class MemoryStore(StatusStore):
                 if job is not None and job.status is JobStatus.PENDING:
                     self._jobs[job_id] = replace(job, status=JobStatus.RUNNING, updated=now)
 
-    def finish(self, job_id: str, status: JobStatus, output: Any, now: float) -> bool:
+    def start_jobs(self, job_ids: Iterable[str], now: float) -> dict[str, JobStatus]:
+        with self._lock:
+            found = {i: job.status for i in job_ids if (job := self._jobs.get(i)) is not None}
+            for job_id, status in found.items():
+                if status is JobStatus.PENDING:
+                    self._jobs[job_id] = replace(self._jobs[job_id], status=JobStatus.RUNNING, updated=now)
+            return found
+
+    def finish(
+        self, job_id: str, status: JobStatus, output: Any, now: float, timings: dict[str, float] | None = None
+    ) -> bool:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status.value}")
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or job.status.terminal:
                 return False
-            ended = job.with_status(status, output, now)
+            ended = replace(job.with_status(status, output, now), timings=timings)
             if job.callback_url:
                 ended = replace(ended, custom_status={"callback": callback_status("Pending")})
                 self._outbox[job_id] = (CallbackDelivery(job_id, job.callback_url, now, 0, ""), now)
             self._jobs[job_id] = ended
-        self._finished(job_id)
+        self._finished(job_id, callback=bool(job.callback_url))
         return True
 
     def claim_deliveries(self, now: float, lease_s: float, limit: int) -> list[CallbackDelivery]:

@@ -1,6 +1,6 @@
 """The outcomes log in the SQLite file: the ``outcomes`` table (:mod:`nearline.outcomes`).
 
-The ``jobs_outcome`` trigger (``nearline/sqlite_db.py``) inserts one row when a job's status
+The ``jobs_outcome`` trigger (``nearline/sqlite_migrations.py``) inserts one row when a job's status
 moves from Pending or Running to Completed or Failed, in the transaction that ends it: a batch of
 results ended in one transaction writes its outcomes in it too, and no Python runs per job. The
 lifecycle trims the table to :data:`~nearline.outcomes.MAX_WINDOW_S` with its retention run.

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -67,7 +67,7 @@ CHUNK = 500
 _JSON_FIELDS = (
     *("pipeline", "input", "output", "custom_status", "created", "deadline", "priority"),
     *("idempotency_key", "callback_url", "enqueued", "status_url", "deployment"),
-    "shadow_of",
+    *("shadow_of", "timings"),
 )
 #: Text fields kept plain (the scripts read the slot), and left out when None.
 _TEXT_FIELDS = ("idempotency_slot", "fingerprint")
@@ -172,21 +172,40 @@ class RedisStore(StatusStore):
         for start in range(0, len(keys), CHUNK):
             self._run("mark_running", keys[start : start + CHUNK], [repr(now)])
 
-    def finish(self, job_id: str, status: JobStatus, output: Any, now: float) -> bool:
+    def start_jobs(self, job_ids: Iterable[str], now: float) -> dict[str, JobStatus]:
+        """One script per :data:`CHUNK` ids (one round trip for a worker's batch)."""
+        ids = list(job_ids)
+        found: dict[str, JobStatus] = {}
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            statuses = self._run("start_jobs", [JOB_PREFIX + job_id for job_id in chunk], [repr(now)])
+            found.update((i, JobStatus(s.decode())) for i, s in zip(chunk, statuses, strict=True) if s)
+        return found
+
+    def finish(
+        self, job_id: str, status: JobStatus, output: Any, now: float, timings: dict[str, float] | None = None
+    ) -> bool:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status.value}")
         keys = [JOB_PREFIX + job_id, DEADLINES, FINISHED, OUTBOX]
         channel, message = self.waiters.channel, self.waiters.announcement(job_id)
         args = [job_id, status.value, json.dumps(output), repr(now), self._retention_ms(), channel, message]
-        args += [SLOT_PREFIX, DELIVERY_PREFIX, _PENDING]
-        if not self._run("finish", keys, args):
+        args += [SLOT_PREFIX, DELIVERY_PREFIX, _PENDING, _timings(timings)]
+        ended = self._run("finish", keys, args)
+        if not ended:
             return False
-        self._finished(job_id)
+        self._finished(job_id, callback=ended == 2)  # 2: it wrote a callback delivery
         return True
 
-    def finish_many(self, ends: Sequence[tuple[str, JobStatus, Any]], now: float) -> list[bool]:
+    def finish_many(
+        self,
+        ends: Sequence[tuple[str, JobStatus, Any]],
+        now: float,
+        timings: Mapping[str, dict[str, float]] | None = None,
+    ) -> list[bool]:
         """Every :meth:`finish` of a chunk of :data:`CHUNK` in one script (one round trip); the
         ended record of a job someone here waits for is handed over (:mod:`redis_wakeups`)."""
+        found = timings or {}
         for job_id, status, _ in ends:
             if not status.terminal:
                 raise ValueError(f"finish needs a terminal status, not {status.value} (job {job_id})")
@@ -198,13 +217,16 @@ class RedisStore(StatusStore):
             args += [SLOT_PREFIX, DELIVERY_PREFIX, _PENDING]
             for job_id, status, output in chunk:
                 args += [job_id, status.value, json.dumps(output), self.waiters.announcement(job_id)]
-                args.append("1" if self.waiters.wanted(job_id) else "0")
+                args += ["1" if self.waiters.wanted(job_id) else "0", _timings(found.get(job_id))]
             answers += self._run("finish_many", keys, args)
         for (job_id, _, _), ended in zip(ends, answers, strict=True):
+            callback = ended == 2  # it wrote a callback delivery
             if isinstance(ended, list):  # a waiter here: hand it the ended record
-                self.waiters.hand_over(job_id, _holder([job_id.encode(), ended]))
+                record = _holder([job_id.encode(), ended])
+                self.waiters.hand_over(job_id, record)
+                callback = record.callback_url is not None
             if ended:
-                self._finished(job_id)
+                self._finished(job_id, callback=callback)
         return [bool(ended) for ended in answers]
 
     def delete(self, job_id: str) -> bool:
@@ -286,6 +308,11 @@ def _retention(arg: float | None, url_option: str | None) -> float:
     if value <= 0:
         raise ConfigError(f"retention_s must be > 0, not {value}")
     return value
+
+
+def _timings(timings: dict[str, float] | None) -> str:
+    """The finish scripts' timings argument: JSON, or "" for none (the field keeps ``null``)."""
+    return "" if timings is None else json.dumps(timings)
 
 
 def _record(job_id: str, raw: dict[Any, Any]) -> JobRecord:

@@ -111,6 +111,20 @@ end
 return 0
 """
 
+#: KEYS: job hashes. ARGV: updated. Returns each job's status (nil when absent) as it was, and
+#: moves the Pending ones to Running: the worker's liveness check in one step.
+START_JOBS = """
+local found = {}
+for i, key in ipairs(KEYS) do
+  local status = redis.call('HGET', key, 'status')
+  found[i] = status
+  if status == 'Pending' then
+    redis.call('HSET', key, 'status', 'Running', 'updated', ARGV[1])
+  end
+end
+return found
+"""
+
 #: ``outcome(key, id, status, updated)``: the ended job's entry in its endpoint's outcomes log
 #: (:mod:`nearline.store.outcomes_redis`), the log trimmed to its span and given it as TTL.
 _OUTCOME_FUNCTION = f"""
@@ -128,10 +142,11 @@ end
 
 #: ``finish(K, A)``: K: job hash, deadlines, finished, outbox. A: id, status, output JSON,
 #: updated, retention ms, channel, message, slot key prefix, delivery key prefix, pending
-#: callback status JSON. Returns 1 when the job moved to ``status``, 0 when absent or already
-#: ended. The job's slot key gets the record's TTL. A job with a callback_url gets its delivery
-#: (the hash ``<delivery prefix><id>``, due now in the outbox) in the same step, and a job ended
-#: Completed or Failed its outcome (``outcome``).
+#: callback status JSON, then (optional) per-step timings JSON ("" = none). Returns 1 when the
+#: job moved to ``status``, 0 when absent or already ended. The job's slot key gets the
+#: record's TTL. A job with a callback_url gets its delivery (the hash
+#: ``<delivery prefix><id>``, due now in the outbox) in the same step (and the answer is 2
+#: instead of 1), and a job ended Completed or Failed its outcome (``outcome``).
 _FINISH_FUNCTION = (
     _OUTCOME_FUNCTION
     + """
@@ -139,6 +154,7 @@ local function finish(K, A)
   local status = redis.call('HGET', K[1], 'status')
   if status ~= 'Pending' and status ~= 'Running' then return 0 end
   redis.call('HSET', K[1], 'status', A[2], 'output', A[3], 'updated', A[4])
+  if A[11] and A[11] ~= '' then redis.call('HSET', K[1], 'timings', A[11]) end
   redis.call('ZREM', K[2], A[1])
   redis.call('ZADD', K[3], A[4], A[1])
   redis.call('PEXPIRE', K[1], A[5])
@@ -156,6 +172,7 @@ local function finish(K, A)
   end
   if A[2] ~= 'Terminated' then outcome(K[1], A[1], A[2], A[4]) end
   redis.call('PUBLISH', A[6], A[7])
+  if callback and callback ~= 'null' then return 2 end
   return 1
 end
 """
@@ -172,19 +189,20 @@ return finish(KEYS, ARGV)
 #: Several jobs' ``finish`` in one step (the lifecycle's batch of results). KEYS: deadlines,
 #: finished, outbox, then the job hashes. ARGV: updated, retention ms, channel, slot key prefix,
 #: delivery key prefix, pending callback status JSON, then per job its id, status, output JSON,
-#: message and "1" when the caller wants the ended record. Returns each job's ``finish`` answer,
-#: in order; an ended job whose record was wanted is answered with its hash instead of 1.
+#: message, "1" when the caller wants the ended record, and its timings JSON ("" = none).
+#: Returns each job's ``finish`` answer, in order; an ended job whose record was wanted is
+#: answered with its hash instead of 1 or 2.
 FINISH_MANY = (
     _FINISH_FUNCTION
     + """
 local ended = {}
 for i = 4, #KEYS do
-  local j = 7 + (i - 4) * 5
+  local j = 7 + (i - 4) * 6
   local K = {KEYS[i], KEYS[1], KEYS[2], KEYS[3]}
   local A = {ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[1], ARGV[2], ARGV[3], ARGV[j + 3],
-    ARGV[4], ARGV[5], ARGV[6]}
+    ARGV[4], ARGV[5], ARGV[6], ARGV[j + 5]}
   ended[i - 3] = finish(K, A)
-  if ended[i - 3] == 1 and ARGV[j + 4] == '1' then ended[i - 3] = redis.call('HGETALL', K[1]) end
+  if ended[i - 3] ~= 0 and ARGV[j + 4] == '1' then ended[i - 3] = redis.call('HGETALL', K[1]) end
 end
 return ended
 """
@@ -261,6 +279,7 @@ SCRIPTS = {
     "keyed": KEYED,
     "mark_enqueued": MARK_ENQUEUED,
     "mark_running": MARK_RUNNING,
+    "start_jobs": START_JOBS,
     "finish": FINISH,
     "finish_many": FINISH_MANY,
     "claim_deliveries": CLAIM_DELIVERIES,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from nearline.jobs import PENDING_CALLBACK, JobRecord, JobStatus
@@ -24,9 +24,9 @@ from nearline.store.base import CallbackDelivery, StatusStore
 from nearline.store.outcomes_sqlite import SqliteOutcomes
 
 #: Every JobRecord field is a column of ``jobs`` by the same name (a new field needs a
-#: migration in sqlite_db.py); these hold JSON text, NULL for None.
+#: migration in sqlite_migrations.py); these hold JSON text, NULL for None.
 _FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord))
-_JSON = frozenset({"input", "output", "custom_status"})
+_JSON = frozenset({"input", "output", "custom_status", "timings"})
 _COLUMNS = ", ".join(_FIELDS)
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"
 _OPEN_SQL = ", ".join(f"'{s.value}'" for s in JobStatus if not s.terminal)
@@ -45,7 +45,7 @@ DELETE FROM jobs WHERE rowid IN (
 
 
 _FINISH = f"""
-UPDATE jobs SET status = ?, output = ?, updated = ?,
+UPDATE jobs SET status = ?, output = ?, updated = ?, timings = ?,
     custom_status = CASE WHEN callback_url IS NULL THEN custom_status ELSE ? END
 WHERE id = ? AND status IN ({_OPEN_SQL})
 """
@@ -132,25 +132,38 @@ class SqliteStore(StatusStore):
                     (JobStatus.RUNNING.value, now, JobStatus.PENDING.value, *batch),
                 )
 
-    def finish(self, job_id: str, status: JobStatus, output: Any, now: float) -> bool:
+    def finish(
+        self, job_id: str, status: JobStatus, output: Any, now: float, timings: dict[str, float] | None = None
+    ) -> bool:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status.value}")
-        # One statement: the jobs_outbox trigger (sqlite_db.py) writes the callback's delivery
+        # One statement: the jobs_outbox trigger (sqlite_migrations.py) writes the callback's delivery
         # in its transaction.
-        count, _ = self._db.execute_write(_FINISH, (status.value, _dump(output), now, _PENDING, job_id))
+        count, _ = self._db.execute_write(
+            _FINISH, (status.value, _dump(output), now, _dump(timings), _PENDING, job_id)
+        )
         if count != 1:
             return False
         self._finished(job_id)
         return True
 
-    def finish_many(self, ends: Sequence[tuple[str, JobStatus, Any]], now: float) -> list[bool]:
+    def finish_many(
+        self,
+        ends: Sequence[tuple[str, JobStatus, Any]],
+        now: float,
+        timings: Mapping[str, dict[str, float]] | None = None,
+    ) -> list[bool]:
         # One transaction for the batch (one commit instead of one per job); waiters and
         # listeners hear of the ends once it is committed.
         if any(not status.terminal for _, status, _ in ends):
             raise ValueError("finish needs terminal statuses")
+        found = timings or {}
         with self._db.write() as conn:
             done = [
-                conn.execute(_FINISH, (status.value, _dump(output), now, _PENDING, job_id)).rowcount == 1
+                conn.execute(
+                    _FINISH, (status.value, _dump(output), now, _dump(found.get(job_id)), _PENDING, job_id)
+                ).rowcount
+                == 1
                 for job_id, status, output in ends
             ]
         for (job_id, _, _), ok in zip(ends, done, strict=True):
@@ -214,6 +227,19 @@ class SqliteStore(StatusStore):
         for batch in _chunks(job_ids):
             rows = self._db.query(f"SELECT id, status FROM jobs WHERE id IN ({_marks(batch)})", batch)
             out.update((job_id, JobStatus(status)) for job_id, status in rows)
+        return out
+
+    def start_jobs(self, job_ids: Iterable[str], now: float) -> dict[str, JobStatus]:
+        # One transaction: the statuses read are the ones the update changes.
+        out: dict[str, JobStatus] = {}
+        with self._db.write(durable=False) as conn:  # Running is informative, as in mark_running
+            for batch in _chunks(job_ids):
+                rows = conn.execute(f"SELECT id, status FROM jobs WHERE id IN ({_marks(batch)})", batch)
+                out.update((job_id, JobStatus(status)) for job_id, status in rows.fetchall())
+                conn.execute(
+                    f"UPDATE jobs SET status = ?, updated = ? WHERE status = ? AND id IN ({_marks(batch)})",
+                    (JobStatus.RUNNING.value, now, JobStatus.PENDING.value, *batch),
+                )
         return out
 
     def outcomes(self) -> SqliteOutcomes:

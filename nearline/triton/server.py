@@ -6,9 +6,9 @@ on a laptop with no container and no GPU. For every model, every version its ``v
 serves (``ModelRepository.served_versions``) is loaded in *this* process (TorchScript by the
 in-process torch backend, ONNX by the in-process ONNX Runtime backend) and bound with the names,
 dtypes, dims, ``max_batch_size`` and dynamic batcher of its ``config.pbtxt``
-(:mod:`nearline.triton.versions` puts several versions under one name); Triton reaches them through
-its Python backend stub, so clients see Triton's own KServe v2 HTTP/gRPC API. Loopback unless told
-otherwise. See docs/triton.md.
+(:mod:`nearline.triton.binding`); Triton reaches them through its Python backend stub, so
+clients see Triton's own KServe v2 HTTP/gRPC API. Loopback unless told otherwise. See
+docs/triton.md.
 
 * ``LD_LIBRARY_PATH``: the stub links ``libpython``; on an interpreter whose libpython is not the
   system's (pyenv here) it must find this one. pytriton builds the server's environment from
@@ -29,14 +29,10 @@ import sys
 import sysconfig
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-from pytriton.decorators import batch
-from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
 from nearline import constants as c
@@ -44,10 +40,10 @@ from nearline.addresses import is_loopback
 from nearline.errors import ConfigError, NearlineError
 from nearline.models.backend import ModelBackend
 from nearline.models.onnx_backend import OnnxBackend
-from nearline.models.repository import ModelRepository, ModelSpec
+from nearline.models.repository import ModelRepository
 from nearline.models.torch_backend import TorchBackend
 from nearline.settings import TritonSettings, add_flags, with_flags
-from nearline.triton.versions import bind_versions
+from nearline.triton.binding import bind_model
 
 PROG = "nearline triton serve"
 #: Where Triton writes the model copies it leaves behind when stopped at once.
@@ -148,7 +144,7 @@ def serve_repository(
     triton: Triton | None = None
     try:
         triton = Triton(config=config, workspace=workspace, security_config=security)
-        served = {name: _bind(triton, repository, backends, name) for name in names}
+        served = {name: bind_model(triton, repository, backends, name) for name in names}
         with libpython_on_library_path():
             try:
                 triton.run()
@@ -199,59 +195,6 @@ def libpython_on_library_path() -> Iterator[None]:
             os.environ.pop("LD_LIBRARY_PATH", None)
         else:
             os.environ["LD_LIBRARY_PATH"] = before
-
-
-def _bind(
-    triton: Triton, repository: ModelRepository, backends: Mapping[str, ModelBackend], name: str
-) -> tuple[int, ...]:
-    """Bind every version of model ``name`` that its config serves; returns those versions."""
-    spec = repository.model(name)
-    backend = backends.get(spec.platform)
-    if backend is None:  # pytriton binds Python callables: ours run TorchScript and ONNX
-        raise ConfigError(
-            f"model '{name}' is {spec.platform}: nearline triton serve serves "
-            f"{' and '.join(sorted(backends))} models (a Triton server of NVIDIA's image serves "
-            "the others from the same repository)"
-        )
-    versions = tuple(repository.served_versions(name))
-    if not versions:
-        raise ConfigError(
-            f"model '{name}': no version folder in {spec.path.parent} that its version_policy "
-            "serves holds a model file"
-        )
-    for version in versions:
-        backend.load(name, version)  # a broken model file fails here, naming the file, not in Triton
-    config = spec.config
-    batcher = DynamicBatcher(
-        max_queue_delay_microseconds=config.dynamic_batching.max_queue_delay_microseconds,
-        preferred_batch_size=list(config.dynamic_batching.preferred_batch_size) or None,
-    )
-    count = sum(g.count or 1 for g in config.instance_group) or 1
-    bind_versions(
-        triton,
-        name,
-        [[_infer_func(backend, spec, version) for _ in range(count)] for version in versions],
-        versions,
-        inputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=t.dims) for t in spec.inputs],
-        outputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=t.dims) for t in spec.outputs],
-        config=ModelConfig(
-            max_batch_size=spec.max_batch_size,
-            batching=True,
-            batcher=batcher if config.HasField("dynamic_batching") else DynamicBatcher(),
-        ),
-        strict=True,
-    )
-    return versions
-
-
-def _infer_func(backend: ModelBackend, spec: ModelSpec, version: int) -> Callable[..., Any]:
-    """The callable Triton runs for ``spec`` at ``version``: our backend on the batched inputs."""
-
-    @batch
-    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        return backend.infer(spec.name, version, inputs)
-
-    return infer
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -154,7 +154,11 @@ def open_runner(settings: WorkerSettings) -> PipelineRunner:
         ModelRepository(settings.models),
         backend=settings.model_backend,
         triton_url=settings.triton_url,
-        onnx=OnnxOptions(intra_op_threads=threads, providers=settings.onnx_providers),
+        onnx=OnnxOptions(
+            intra_op_threads=threads,
+            providers=settings.onnx_providers,
+            optimization=settings.onnx_optimization,
+        ),
     )
 
 

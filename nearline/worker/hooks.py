@@ -92,8 +92,8 @@ class Deadlines:
 
 class Liveness:
     """Jobs already ended (terminated, or finished by an earlier delivery) are skipped, and so
-    are jobs that no longer exist; the rest are marked Running. Needs the status store, so only
-    where one is reachable.
+    are jobs that no longer exist; the rest are marked Running, in the same store call
+    (:meth:`StatusStore.start_jobs`). Needs the status store, so only where one is reachable.
 
     A job's record is created before its request message is sent (``StoreJobs.create``), so a
     message without a record is what a purge (or retention, or a failed submit) left behind:
@@ -106,17 +106,16 @@ class Liveness:
 
     def before(self, batch: list[Work], worker: str) -> None:
         live = [w for w in batch if not w.settled and w.message is not None]
-        statuses = self.store.statuses(w.message.id for w in live if w.message)
-        running = []
+        if not live:
+            return
+        # One store call reads the statuses and marks the Pending ones Running (one round trip
+        # on Redis): a terminal job is left as it was, and skipped here.
+        statuses = self.store.start_jobs((w.message.id for w in live if w.message), time.time())
         for w in live:
             assert w.message is not None
             status = statuses.get(w.message.id)
             if status is None or status.terminal:
                 w.skip = True
-            else:
-                running.append(w.message.id)
-        if running:
-            self.store.mark_running(running, time.time())
 
 
 class Tombstoned:

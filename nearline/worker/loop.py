@@ -276,14 +276,16 @@ class Worker:
     def _settle(self, batch: list[Work]) -> None:
         """Publish every result first, then settle: the order that makes delivery at-least-once.
 
-        Results go out in one ``send_many`` and completions in one ``complete_many``: one round
-        trip each per batch instead of one per message. Each is retried through an outage with
-        the results in hand; a lease that ran out meanwhile makes its settle a no-op (another
-        worker has the message), and a result published twice changes nothing (the lifecycle
-        keeps the first).
+        Results go out and completions are made in one ``send_then_complete`` (every send before
+        any completion; one round trip per batch on Redis); dead letters after it, their results
+        already out. Each is retried through an outage with the results in hand; a lease that
+        ran out meanwhile makes its settle a no-op (another worker has the message), and a result
+        published twice changes nothing (the lifecycle keeps the first).
         """
         results = [(r.id, r.to_json()) for r in (w.result for w in batch) if r is not None]
-        self._broker("publish results", partial(self.broker.send_many, self.config.response_queue, results))
+        done = [w.delivery for w in batch if w.dead_letter is None]
+        send = partial(self.broker.send_then_complete, self.config.response_queue, results, done)
+        lost = self._broker("publish results and complete", send)
         tracing.published([w.result for w in batch if w.result is not None], time.time())
         for w in batch:
             if w.result is not None:
@@ -301,7 +303,5 @@ class Worker:
                     self.metrics.dead_lettered.labels(w.delivery.lane).inc()
                 except LeaseLost:
                     log.warning("lease on %s lost before dead-lettering", w.delivery.message_id)
-        done = [w.delivery for w in batch if w.dead_letter is None]
-        lost = self._broker("complete", partial(self.broker.complete_many, done))
         for d in lost:
             log.warning("lease on %s lost before completing; another worker has it", d.message_id)

@@ -18,8 +18,8 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from nearline import __version__
-from nearline.errors import JobNotFound, NearlineError, PageNotFound, RequestError, http_error
+from nearline import __version__, outcomes
+from nearline.errors import JobNotFound, NearlineError, NotSupported, PageNotFound, RequestError, http_error
 from nearline.http import admin, pages
 from nearline.http.dashboard import forms, stats
 from nearline.http.dashboard.access import Access, remember
@@ -93,7 +93,8 @@ class Dashboard:
         admin_ok = self.access.is_admin(key)
         if page == "":
             done = request.query.get("done", "")
-            return self._html("home.html", await self._overview(), admin=admin_ok, done=done)
+            context = {**await self._overview(), "compared": await self._compared()}
+            return self._html("home.html", context, admin=admin_ok, done=done, compare_s=outcomes.WINDOW_S)
         if page == "live":
             return self._html("live.html", await self._overview())
         if page == "stats":
@@ -126,6 +127,17 @@ class Dashboard:
             "stats": stats.compute(await self.jobs.recent(stats.SAMPLE)),
             "window_s": stats.WINDOW_S,
         }
+
+    async def _compared(self) -> dict[str, dict[str, Any]] | None:
+        """Each endpoint's ``/compare`` document over the default window; None where the store
+        keeps no outcomes (``memory://``, Azure)."""
+        compared = {}
+        for pipeline in self.jobs.catalog:
+            try:
+                compared[pipeline.name] = await self.jobs.compare(pipeline.name, outcomes.WINDOW_S)
+            except NotSupported:
+                return None
+        return compared
 
     async def _jobs(self, request: Request) -> Response:
         wanted = request.query.get("id", "").strip()

@@ -1,0 +1,187 @@
+"""The seams issue #19's fast path added, on every backend: ``StatusStore.start_jobs`` (the
+worker's status read and mark-Running in one step), ``StatusStore.on_callback`` (the lifecycle
+wakes the callback outbox only for ends that put a callback there) and
+``Broker.send_then_complete`` (a worker's results, then its completions, in one call), and the
+lifecycle's use of ``on_callback``.
+
+Redis runs on database 9, flushed before each test.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require_server
+
+from nearline.brokers.base import Broker, Delivery
+from nearline.brokers.memory import MemoryBroker
+from nearline.brokers.sqlite import SqliteBroker
+from nearline.callback_sender import CallbackSender
+from nearline.callbacks import CallbackGuard
+from nearline.deliveries import Dispatcher
+from nearline.jobs import JobRecord, JobStatus
+from nearline.lifecycle import Lifecycle
+from nearline.messages import ResultMessage
+from nearline.settings import WebhookSettings
+from nearline.store.base import StatusStore
+from nearline.store.memory import MemoryStore
+from nearline.store.sqlite import SqliteStore
+
+REDIS_URL = "redis://127.0.0.1:6379/9"
+T0 = 1_800_000_000.0
+
+
+def _flushed_redis() -> str:
+    require_server("Redis", "127.0.0.1", 6379)
+    import redis
+
+    with redis.Redis.from_url(REDIS_URL) as r:
+        r.flushdb()
+    return REDIS_URL
+
+
+def _redis_store(tmp_path: Path) -> StatusStore:
+    from nearline.store.redis_hashes import RedisStore
+
+    return RedisStore(_flushed_redis())
+
+
+def _redis_broker(tmp_path: Path) -> Broker:
+    from nearline.brokers.redis_streams import RedisBroker
+
+    return RedisBroker(_flushed_redis())
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(lambda _: MemoryStore(), id="memory"),
+        pytest.param(lambda p: SqliteStore(f"sqlite:///{p / 'nearline.db'}"), id="sqlite"),
+        pytest.param(_redis_store, id="redis", marks=pytest.mark.redis),
+    ]
+)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StatusStore]:
+    factory: Callable[[Path], StatusStore] = request.param
+    s = factory(tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(lambda _: MemoryBroker(), id="memory"),
+        pytest.param(lambda p: SqliteBroker(f"sqlite:///{p / 'nearline.db'}"), id="sqlite"),
+        pytest.param(_redis_broker, id="redis", marks=pytest.mark.redis),
+    ]
+)
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    factory: Callable[[Path], Broker] = request.param
+    b = factory(tmp_path)
+    yield b
+    b.close()
+
+
+def _job(callback_url: str | None = None) -> JobRecord:
+    return JobRecord(uuid.uuid4().hex, "digits", {"x": 1}, created=T0, updated=T0, callback_url=callback_url)
+
+
+def test_start_jobs_reads_the_statuses_and_marks_the_pending_ones_running(store: StatusStore) -> None:
+    pending, running, ended = _job(), _job(), _job()
+    for j in (pending, running, ended):
+        store.create(j)
+    store.mark_running([running.id], T0 + 1)
+    store.finish(ended.id, JobStatus.TERMINATED, "stop", T0 + 1)
+    found = store.start_jobs(iter([pending.id, running.id, ended.id, "no-such-job"]), T0 + 2)
+    # as they were when read: the worker skips the terminal one and the absent one
+    assert found == {
+        pending.id: JobStatus.PENDING,
+        running.id: JobStatus.RUNNING,
+        ended.id: JobStatus.TERMINATED,
+    }
+    after = {j.id: store.get(j.id) for j in (pending, running, ended)}
+    assert {i: (r.status, r.updated) for i, r in after.items() if r is not None} == {
+        pending.id: (JobStatus.RUNNING, T0 + 2),
+        running.id: (JobStatus.RUNNING, T0 + 1),  # already Running: unchanged
+        ended.id: (JobStatus.TERMINATED, T0 + 1),  # ended: never moved back
+    }
+    assert store.start_jobs([], T0 + 3) == {}
+
+
+def test_on_callback_hears_ends_that_put_a_callback_in_the_outbox(store: StatusStore) -> None:
+    with_callback, without, batch_with, batch_without = (
+        _job("https://example.com/hook"),
+        _job(),
+        _job("https://example.com/hook"),
+        _job(),
+    )
+    for j in (with_callback, without, batch_with, batch_without):
+        store.create(j)
+    heard: list[str] = []
+    remove = store.on_callback(heard.append)
+    assert store.finish(with_callback.id, JobStatus.COMPLETED, {}, T0 + 1)
+    assert store.finish(without.id, JobStatus.COMPLETED, {}, T0 + 1)
+    ends = [(batch_with.id, JobStatus.FAILED, None), (batch_without.id, JobStatus.COMPLETED, {})]
+    assert store.finish_many(ends, T0 + 2) == [True, True]
+    assert not store.finish(with_callback.id, JobStatus.FAILED, None, T0 + 3)  # already ended
+    remove()
+    if isinstance(store, SqliteStore):  # cannot tell from its one UPDATE: hears every end
+        assert heard == [with_callback.id, without.id, batch_with.id, batch_without.id]
+    else:
+        assert heard == [with_callback.id, batch_with.id]
+    assert {d.job_id for d in store.claim_deliveries(T0 + 10, 30, 10)} == {with_callback.id, batch_with.id}
+
+
+class _Woken(Dispatcher):
+    """A dispatcher that is never started: it counts its wake-ups."""
+
+    def __init__(self, store: StatusStore) -> None:
+        super().__init__(store, CallbackSender(CallbackGuard()), WebhookSettings())
+        self.woken = 0
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+def test_the_lifecycle_wakes_the_outbox_only_for_ends_with_a_callback(store: StatusStore) -> None:
+    with_callback, without = _job("https://example.com/hook"), _job()
+    for j in (with_callback, without):
+        store.create(j)
+    dispatcher = _Woken(store)
+    life = Lifecycle(MemoryBroker(), store, deliveries=dispatcher)
+    try:
+        assert life.apply(ResultMessage.completed(without.id, {"y": 1}))
+        woken_without = dispatcher.woken
+        assert life.apply(ResultMessage.completed(with_callback.id, {"y": 2}))
+    finally:
+        life.stop()
+    # SQLite cannot tell from its one UPDATE and wakes it for every end (its look is a read)
+    assert (woken_without, dispatcher.woken) == ((1, 2) if isinstance(store, SqliteStore) else (0, 1))
+
+
+def _stale_and_current(broker: Broker, queue: str) -> tuple[list[Delivery], list[Delivery]]:
+    """Leases of "a" and "b" that ran out, and the current ones (delivered a second time)."""
+    broker.send_many(queue, [("a", b"1"), ("b", b"2")])
+    stale = broker.receive(queue, 10, wait_s=1, lease_s=0.2)
+    current: list[Delivery] = []
+    deadline = time.monotonic() + 3
+    while len(current) < 2 and time.monotonic() < deadline:
+        current += broker.receive(queue, 10, wait_s=1, lease_s=30)  # after the short lease
+    assert [(d.message_id, d.delivery_count) for d in current] == [("a", 2), ("b", 2)]
+    return stale, current
+
+
+def test_send_then_complete_sends_every_message_and_completes_the_held_leases(broker: Broker) -> None:
+    requests, responses = f"req-{uuid.uuid4().hex[:8]}", f"res-{uuid.uuid4().hex[:8]}"
+    stale, current = _stale_and_current(broker, requests)
+    results = [("a", b"result a"), ("b", b"result b")]
+    assert broker.send_then_complete(responses, results, [stale[0], current[1]]) == [stale[0]]
+    assert broker.depth(requests) == 1  # "a" is still leased by its current holder
+    got = broker.receive(responses, 10, wait_s=1)
+    assert [(d.message_id, d.body) for d in got] == results
+    # again, as a retry after an outage would: nothing is sent twice while queued
+    assert broker.send_then_complete(responses, results, [current[0]]) == []
+    assert broker.depth(requests) == 0 and broker.depth(responses) == 2
+    assert broker.send_then_complete(responses, [], []) == []
