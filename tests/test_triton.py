@@ -332,21 +332,49 @@ def test_a_worker_on_triton_runs_both_deployments_of_the_example_endpoint(
 
 @pytest.mark.triton
 @pytest.mark.slow
-def test_a_version_outside_the_version_policy_is_not_served(models_dir: Path, tmp_path: Path) -> None:
-    """Without ``version_policy: all`` Triton's default serves the latest version only."""
+def test_version_policies_and_instance_counts_are_served_as_configured(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """Without ``version_policy`` Triton's default serves the latest version only, and a worker
+    asking for another is told why; with two instances per version each version's requests still
+    reach that version's model (the instance numbering of nearline/triton/versions.py)."""
     shutil.copytree(models_dir / "topics", tmp_path / "topics")
     config = tmp_path / "topics" / "config.pbtxt"
     config.write_text(re.sub(r"version_policy \{\s*all \{\s*\}\s*\}", "", config.read_text()))
-    assert ModelRepository(tmp_path).served_versions("topics") == [2]
+    shutil.copytree(models_dir / "topics", tmp_path / "twice")
+    config = tmp_path / "twice" / "config.pbtxt"
+    text = config.read_text().replace('name: "topics"', 'name: "twice"')
+    config.write_text(re.sub(r"instance_group \{\s*count: 1\s*\}", "instance_group { count: 2 }", text))
+    repo = ModelRepository(tmp_path)
+    assert repo.served_versions("topics") == [2]
+    assert [g.count for g in repo.model("twice").config.instance_group] == [2]
+    x = np.random.default_rng(5).normal(size=(4, 384)).astype(np.float32)
     server = TritonProcess(tmp_path)
     try:
         server.start()
-        assert server.served == {"topics": (2,)}
-        backend = TritonBackend(ModelRepository(tmp_path), f"{server.grpc_url}?retry_s=0.5")
+        assert server.served == {"topics": (2,), "twice": (1, 2)}
+        backend = TritonBackend(repo, f"{server.grpc_url}?retry_s=0.5")
         try:
             backend.load("topics", 2)
             with pytest.raises(ConfigError, match=r"version 1 is not .*serves versions \[2\], not 1"):
                 backend.load("topics", 1)
+            # Concurrent requests, so that both instances of each version take some.
+            jobs = [(version, i) for version in (1, 2) for i in range(8)]
+            got: dict[tuple[int, int], np.ndarray] = {}
+
+            def call(version: int, i: int) -> None:
+                got[version, i] = backend.infer("twice", version, {"INPUT__0": x})["OUTPUT__0"]
+
+            threads = [threading.Thread(target=call, args=job) for job in jobs]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert sorted(got) == sorted(jobs)
+            local = TorchBackend(repo)
+            for (version, i), scores in got.items():
+                want = local.infer("twice", version, {"INPUT__0": x})["OUTPUT__0"]
+                np.testing.assert_allclose(scores, want, atol=1e-6, err_msg=f"twice v{version} #{i}")
         finally:
             backend.close()
     finally:
