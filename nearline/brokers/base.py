@@ -117,6 +117,10 @@ class Broker(abc.ABC):
                 lost.append(delivery)
         return lost
 
+    #: Whether :meth:`send_then_complete` is one atomic call (all or nothing), so that a worker
+    #: may retry it whole; the default (two calls) is not: a worker retries each part on its own.
+    settles_atomically = False
+
     def send_then_complete(
         self, queue: str, messages: Sequence[tuple[str, bytes]], deliveries: Sequence[Delivery]
     ) -> list[Delivery]:

@@ -111,6 +111,9 @@ def _depth_args(queue: str) -> tuple[list[str], list[Any]]:
 class RedisBroker(Broker):
     """Queues as Redis streams with one consumer group; see the module docstring."""
 
+    #: ``send_then_complete`` is one script: all or nothing, so a worker retries it whole.
+    settles_atomically = True
+
     def __init__(self, url: str) -> None:
         self._redis, own, self.url = connect(url, ("claim_check_bytes",))
         self.claim_check = ClaimCheck.configured(own.get("claim_check_bytes"))

@@ -276,16 +276,23 @@ class Worker:
     def _settle(self, batch: list[Work]) -> None:
         """Publish every result first, then settle: the order that makes delivery at-least-once.
 
-        Results go out and completions are made in one ``send_then_complete`` (every send before
-        any completion; one round trip per batch on Redis); dead letters after it, their results
-        already out. Each is retried through an outage with the results in hand; a lease that
-        ran out meanwhile makes its settle a no-op (another worker has the message), and a result
-        published twice changes nothing (the lifecycle keeps the first).
+        Where the broker does it in one atomic call (:attr:`~Broker.settles_atomically`: Redis's
+        script), results go out and completions are made in one ``send_then_complete``, retried
+        whole; elsewhere ``send_many`` then ``complete_many``, each retried on its own, so that an
+        outage between the two does not publish the results again. Dead letters come after, their
+        results already out. A lease that ran out meanwhile makes its settle a no-op (another
+        worker has the message), and a result published twice changes nothing (the lifecycle
+        keeps the first).
         """
         results = [(r.id, r.to_json()) for r in (w.result for w in batch) if r is not None]
         done = [w.delivery for w in batch if w.dead_letter is None]
-        send = partial(self.broker.send_then_complete, self.config.response_queue, results, done)
-        lost = self._broker("publish results and complete", send)
+        queue = self.config.response_queue
+        if self.broker.settles_atomically:
+            send = partial(self.broker.send_then_complete, queue, results, done)
+            lost = self._broker("publish results and complete", send)
+        else:
+            self._broker("publish results", partial(self.broker.send_many, queue, results))
+            lost = self._broker("complete", partial(self.broker.complete_many, done))
         tracing.published([w.result for w in batch if w.result is not None], time.time())
         for w in batch:
             if w.result is not None:
