@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
+import redis
 
 from nearline.pipelines.spec import Catalog, load_pipelines
 
@@ -32,6 +35,20 @@ def require_server(name: str, host: str, port: int) -> None:
         socket.create_connection((host, port), timeout=1).close()
     except OSError as exc:
         unavailable(name, f"{name} is not reachable on {host}:{port}: {exc}")
+
+
+@contextmanager
+def redis_database(db: int) -> Iterator[redis.Redis]:
+    """A client of the local Redis's database ``db`` (a test file's own), flushed before and
+    after; Redis missing skips, or fails under CI."""
+    require_server("Redis", "127.0.0.1", 6379)
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
 
 
 @pytest.fixture(scope="session")

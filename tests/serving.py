@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,3 +97,15 @@ def running_server(data_dir: Path, *args: str, **kw: object) -> Iterator[Server]
         yield server
     finally:
         stop_server(server)
+
+
+@contextmanager
+def project_server(folder: Path, pipelines: str, steps: Path) -> Iterator[Server]:
+    """``nearline serve`` of a project in ``folder``: a ``pipelines.yaml`` of ``pipelines`` whose
+    function steps live in the module ``steps`` (copied beside it), and no models."""
+    (folder / "pipelines.yaml").write_text(pipelines)
+    shutil.copy(steps, folder / steps.name)
+    (folder / "models").mkdir()  # these steps use no model
+    args = ("--pipelines", str(folder / "pipelines.yaml"), "--models", str(folder / "models"))
+    with running_server(folder / "data", *args) as server:
+        yield server

@@ -5,7 +5,6 @@ over real jobs scored by a real worker behind a real ``nearline serve``."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import httpx
 import pytest
 import redis
 from conftest import require_server
-from serving import Server, running_server
+from serving import Server, project_server
 from waiting import wait_until
 
 from nearline.errors import RequestError
@@ -188,12 +187,7 @@ pipelines:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    project = tmp_path_factory.mktemp("compare")
-    (project / "pipelines.yaml").write_text(PIPELINES)
-    shutil.copy(STEPS, project / STEPS.name)
-    (project / "models").mkdir()  # these steps use no model
-    args = ("--pipelines", str(project / "pipelines.yaml"), "--models", str(project / "models"))
-    with running_server(project / "data", *args) as s:
+    with project_server(tmp_path_factory.mktemp("compare"), PIPELINES, STEPS) as s:
         yield s
 
 

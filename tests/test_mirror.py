@@ -15,8 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
-from conftest import require_server
+from conftest import redis_database
 from serving import Server, running_server
 from test_callbacks import receiver
 from test_deployments import STEPS, catalog, endpoint
@@ -124,10 +123,7 @@ def test_a_shadow_that_cannot_be_created_never_fails_the_live_submit(
 
 
 def test_on_redis_a_shadow_is_recorded_with_its_live_job(tmp_path: Path) -> None:
-    require_server("Redis", "127.0.0.1", 6379)
-    client = redis.Redis(host="127.0.0.1", port=6379, db=DB)
-    client.flushdb()
-    try:
+    with redis_database(DB) as client:
         store = open_store(REDIS_URL)
         jobs = StoreJobs(catalog(tmp_path, MIRRORED), open_broker(REDIS_URL), store)
         live = {submit(jobs).id for _ in range(60)}
@@ -136,9 +132,6 @@ def test_on_redis_a_shadow_is_recorded_with_its_live_job(tmp_path: Path) -> None
         assert 0 < len(found) < 60  # mirror 50%: all or none is a 1 in 2**60 draw
         assert {j.shadow_of for j in found} <= live
         assert {(j.deployment, j.priority, j.callback_url) for j in found} == {("green", "low", None)}
-    finally:
-        client.flushdb()
-        client.close()
 
 
 def _drain(jobs: StoreJobs) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import require_server
+from conftest import redis_database
 
 from nearline.brokers import open_broker
 from nearline.brokers.base import Delivery, LeaseLost
@@ -32,14 +32,8 @@ Q = "q"
 
 @pytest.fixture
 def r() -> Iterator[redis.Redis]:
-    require_server("Redis", "127.0.0.1", 6379)
-    client = redis.Redis(host="127.0.0.1", port=6379, db=DB)
-    client.flushdb()
-    try:
+    with redis_database(DB) as client:
         yield client
-    finally:
-        client.flushdb()
-        client.close()
 
 
 @pytest.fixture

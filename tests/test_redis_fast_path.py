@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import require_server
+from conftest import redis_database
 from redis_roundtrips import CLIENT_NAME, TIMED, Recorder, count
 
 from nearline.brokers.redis_streams import RedisBroker
@@ -36,12 +36,8 @@ PIPELINES = Path(__file__).resolve().parent / "data" / "redis_pipelines.yaml"
 
 @pytest.fixture
 def r() -> Iterator[redis.Redis]:
-    require_server("Redis", "127.0.0.1", 6379)
-    client = redis.Redis.from_url(URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with redis_database(DB) as client:
+        yield client
 
 
 @pytest.fixture

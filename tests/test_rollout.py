@@ -5,7 +5,6 @@ back when the new deployment fails, when too few requests come, or on Ctrl-C."""
 from __future__ import annotations
 
 import io
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 import compare_steps
 import httpx
 import pytest
-from serving import Server, running_server
+from serving import Server, project_server
 from waiting import wait_until
 
 from nearline import rollout
@@ -98,12 +97,7 @@ def test_durations(text: str, seconds: float) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    project = tmp_path_factory.mktemp("rollout")
-    (project / "pipelines.yaml").write_text(PIPELINES)
-    shutil.copy(STEPS, project / STEPS.name)
-    (project / "models").mkdir()  # these steps use no model
-    args = ("--pipelines", str(project / "pipelines.yaml"), "--models", str(project / "models"))
-    with running_server(project / "data", *args) as s:
+    with project_server(tmp_path_factory.mktemp("rollout"), PIPELINES, STEPS) as s:
         yield s
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import require_server
+from conftest import redis_database
 from serving import Server, running_server
 from test_deployments import STEPS, catalog, endpoint
 from waiting import wait_until
@@ -44,14 +44,8 @@ ADMIN, USER = "admin-key-for-traffic", "api-key-for-traffic"
 
 @pytest.fixture
 def redis_db() -> Iterator[redis.Redis]:
-    require_server("Redis", "127.0.0.1", 6379)
-    client = redis.Redis(host="127.0.0.1", port=6379, db=DB)
-    client.flushdb()
-    try:
+    with redis_database(DB) as client:
         yield client
-    finally:
-        client.flushdb()
-        client.close()
 
 
 # --- the split stores: one contract, every backend -------------------------------------------
