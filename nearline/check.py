@@ -50,11 +50,11 @@ def check(settings: WorkerSettings) -> list[Result]:
 
 
 def _check_one(settings: WorkerSettings, pipeline: Any) -> Result:
-    from nearline.models.backend import OnnxOptions
     from nearline.models.repository import ModelRepository
     from nearline.pipelines.runner import PipelineRunner
     from nearline.pipelines.samples import from_schema
     from nearline.pipelines.spec import Catalog
+    from nearline.worker.cli import onnx_options
 
     inputs = list(pipeline.examples)
     what = f"{len(inputs)} example{'s' * (len(inputs) != 1)}"
@@ -74,9 +74,7 @@ def _check_one(settings: WorkerSettings, pipeline: Any) -> Result:
             ModelRepository(settings.models),
             backend=settings.model_backend,
             triton_url=settings.triton_url,
-            onnx=OnnxOptions(
-                settings.onnx_threads, settings.onnx_providers, optimization=settings.onnx_optimization
-            ),
+            onnx=onnx_options(settings),
         )
         runner.warm()
         started = time.perf_counter()

@@ -23,10 +23,11 @@ hop                     from → to                                        obser
                         broker's enqueue time of the result)
 ``result_applied``      result sent → the lifecycle ends the job (the    lifecycle
                         record's ``updated``, stamped as its finish
-                        starts)
+                        starts); none where the worker ended the
+                        job in the step that sent the result (Redis)
 ``long_poll_answered``  job ended (``updated``; the finish's write       API (a ``wait``
-                        included) → the waiting request's answer is      that saw the end)
-                        ready
+                        included; on Redis the worker's whole settle)    that saw the end)
+                        → the waiting request's answer is ready
 ======================  ===============================================  ==================
 """
 
@@ -76,8 +77,9 @@ class HopTimes:
         self.observe("http_in", handler_started, job.created)
         self.observe("enqueue", job.created, time.time())
 
-    def applied(self, result: ResultMessage, published_at: float, applied_at: float) -> None:
-        """A result ended its job: the worker's hops (from its stamps) and the lifecycle's."""
+    def applied(self, result: ResultMessage, published_at: float, applied_at: float | None) -> None:
+        """A result reached the lifecycle: the worker's hops (from its stamps) and, when it
+        ended the job (``applied_at``; None: the job had ended already), the lifecycle's."""
         self.observe("queue_wait", result.request_enqueued_at, result.received_at)
         self.observe("batch_wait", result.received_at, result.started_at)
         self.observe("compute", result.started_at, result.finished_at)

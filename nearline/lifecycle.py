@@ -127,17 +127,17 @@ class Lifecycle:
         if done:
             now = time.time()  # the jobs' end: their records' `updated`
             timings = {result.id: result.timings for _, result in done if result.timings}
-            self.store.finish_many([_end(result) for _, result in done], now, timings)
-            if self.hops is not None:
-                for d, result in done:
-                    self.hops.applied(result, d.enqueued_at, now)
+            ended = self.store.finish_many([result.job_end() for _, result in done], now, timings)
+            if self.hops is not None:  # a job already ended (by its worker, on Redis) applied nothing
+                for (d, result), applied in zip(done, ended, strict=True):
+                    self.hops.applied(result, d.enqueued_at, now if applied else None)
             tracing.ended([(result, d.enqueued_at) for d, result in done], now)
         for d in self.broker.complete_many([d for d, _ in done]):
             log.warning("lease on result %s lost; another replica has it", d.message_id)
 
     def apply(self, result: ResultMessage) -> bool:
         """End a job from its result message; False if it had already ended (kept as it was)."""
-        job_id, status, output = _end(result)
+        job_id, status, output = result.job_end()
         return self.store.finish(job_id, status, output, time.time(), result.timings or None)
 
     # -- deadlines and retention --------------------------------------------------------
@@ -181,11 +181,3 @@ class Lifecycle:
         other replicas' ends left.
         """
         self.deliveries.wake()
-
-
-def _end(result: ResultMessage) -> tuple[str, JobStatus, object]:
-    """``(job id, terminal status, output)`` that ``result`` ends its job with."""
-    if result.status == "Completed":
-        return result.id, JobStatus.COMPLETED, result.output
-    error = result.error or {}
-    return result.id, JobStatus.FAILED, error_output(error.get("code", "Failed"), error.get("message", ""))

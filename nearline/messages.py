@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from nearline.constants import DEFAULT_LANE, LANES
 from nearline.errors import NearlineError
+from nearline.jobs import JobStatus, error_output
 
 
 class MessageError(NearlineError):
@@ -107,6 +108,14 @@ class ResultMessage:
     @classmethod
     def failed(cls, id: str, code: str, message: str, **kw: Any) -> ResultMessage:
         return cls(id=id, status="Failed", error={"code": code, "message": message}, **kw)
+
+    def job_end(self) -> tuple[str, JobStatus, Any]:
+        """``(job id, terminal status, output)`` this result ends its job with (the lifecycle's
+        end, or the worker's own on Redis: ``StatusStore.settle_ended``)."""
+        if self.status == "Completed":
+            return self.id, JobStatus.COMPLETED, self.output
+        error = self.error or {}
+        return self.id, JobStatus.FAILED, error_output(error.get("code", "Failed"), error.get("message", ""))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {

@@ -135,7 +135,8 @@ class StoreJobs(Jobs):
                 return job
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(fut, timeout)
-            return await self.get(job_id)
+            handed = self.store.waiters.take(job_id)  # the end came with its record: no read
+            return handed if handed is not None else await self.get(job_id)
         finally:
             self.store.waiters.discard(job_id, fut)
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nearline.jobs import JobRecord
 
 
 class Waiters:
@@ -42,6 +46,12 @@ class Waiters:
             entries = self._futures.pop(job_id, [])
         for loop, fut in entries:
             loop.call_soon_threadsafe(_resolve, fut)
+
+    def take(self, job_id: str) -> JobRecord | None:
+        """The ended record of ``job_id`` if this process was handed it with the end (Redis:
+        :mod:`nearline.store.redis_wakeups`), once; None: read the store. No I/O, so a waiter
+        may call it on its event loop."""
+        return None
 
     def waiting(self) -> int:
         with self._lock:

@@ -49,6 +49,11 @@ def script_names() -> dict[str, str]:
     except ImportError:  # before the submit script existed (counting an older tree)
         return scripts
     scripts[hashlib.sha1(SUBMIT.encode()).hexdigest()] = "submit"
+    try:
+        from nearline.store.redis_settle import SETTLE_ENDED
+    except ImportError:  # before the worker ended jobs itself
+        return scripts
+    scripts[hashlib.sha1(SETTLE_ENDED.encode()).hexdigest()] = "settle_ended"
     return scripts
 
 

@@ -2,21 +2,26 @@
 worker's status read and mark-Running in one step), ``StatusStore.on_callback`` (the lifecycle
 wakes the callback outbox only for ends that put a callback there) and
 ``Broker.send_then_complete`` (a worker's results, then its completions, in one call), and the
-lifecycle's use of ``on_callback``.
+lifecycle's use of ``on_callback``; then what makes SQLite's and memory's ``send_then_complete``
+atomic (one transaction; one hold of the lock).
 
 Redis runs on database 9, flushed before each test.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from conftest import require_server
 
+from nearline import wakeups
 from nearline.brokers.base import Broker, Delivery
 from nearline.brokers.memory import MemoryBroker
 from nearline.brokers.sqlite import SqliteBroker
@@ -127,10 +132,7 @@ def test_on_callback_hears_ends_that_put_a_callback_in_the_outbox(store: StatusS
     assert store.finish_many(ends, T0 + 2) == [True, True]
     assert not store.finish(with_callback.id, JobStatus.FAILED, None, T0 + 3)  # already ended
     remove()
-    if isinstance(store, SqliteStore):  # cannot tell from its one UPDATE: hears every end
-        assert heard == [with_callback.id, without.id, batch_with.id, batch_without.id]
-    else:
-        assert heard == [with_callback.id, batch_with.id]
+    assert heard == [with_callback.id, batch_with.id]  # finish and finish_many alike
     assert {d.job_id for d in store.claim_deliveries(T0 + 10, 30, 10)} == {with_callback.id, batch_with.id}
 
 
@@ -157,8 +159,7 @@ def test_the_lifecycle_wakes_the_outbox_only_for_ends_with_a_callback(store: Sta
         assert life.apply(ResultMessage.completed(with_callback.id, {"y": 2}))
     finally:
         life.stop()
-    # SQLite cannot tell from its one UPDATE and wakes it for every end (its look is a read)
-    assert (woken_without, dispatcher.woken) == ((1, 2) if isinstance(store, SqliteStore) else (0, 1))
+    assert (woken_without, dispatcher.woken) == (0, 1)
 
 
 def _stale_and_current(broker: Broker, queue: str) -> tuple[list[Delivery], list[Delivery]]:
@@ -185,3 +186,89 @@ def test_send_then_complete_sends_every_message_and_completes_the_held_leases(br
     assert broker.send_then_complete(responses, results, [current[0]]) == []
     assert broker.depth(requests) == 0 and broker.depth(responses) == 2
     assert broker.send_then_complete(responses, [], []) == []
+
+
+def _depths(broker: Broker, *queues: str) -> list[int]:
+    return [broker.depth(q) for q in queues]
+
+
+def test_send_then_complete_on_sqlite_is_one_transaction(tmp_path: Path) -> None:
+    """A failure in the completions (a trigger refusing the request's delete: the real file
+    failing between the two parts) rolls the results back too: neither part is applied. Two
+    transactions (``send_many``, then ``complete_many``) would leave the results sent."""
+    path = tmp_path / "nearline.db"
+    broker = SqliteBroker(f"sqlite:///{path}")
+    try:
+        assert broker.settles_atomically
+        broker.send_many("requests", [("a", b"1")])
+        [held] = broker.receive("requests", 10, wait_s=1)
+        with closing(sqlite3.connect(path)) as other:
+            other.execute(
+                "CREATE TRIGGER refuse BEFORE DELETE ON messages WHEN OLD.queue = 'requests'"
+                " BEGIN SELECT RAISE(ABORT, 'injected'); END"
+            )
+        with pytest.raises(sqlite3.IntegrityError, match="injected"):
+            broker.send_then_complete("responses", [("a", b"result")], [held])
+        assert _depths(broker, "requests", "responses") == [1, 0]  # nothing sent, nothing completed
+        with closing(sqlite3.connect(path)) as other:
+            other.execute("DROP TRIGGER refuse")
+        # the retry a worker makes of the whole call: both parts, the lease still held
+        assert broker.send_then_complete("responses", [("a", b"result")], [held]) == []
+        assert _depths(broker, "requests", "responses") == [0, 1]
+    finally:
+        broker.close()
+
+
+def test_send_then_complete_on_sqlite_rings_the_bells_of_the_sent_to_queue(tmp_path: Path) -> None:
+    """As ``send_many`` does: a waiting receiver, in any process, takes the results at once."""
+    path = (tmp_path / "nearline.db").resolve()
+    broker = SqliteBroker(f"sqlite:///{path}")
+    bells = wakeups.acquire(path)  # this process's, which the broker shares
+    try:
+        broker.send_many("requests", [("a", b"1")])
+        held = broker.receive("requests", 10, wait_s=0)
+        responses, requests = bells.bell("responses"), bells.bell("requests")
+        responses.arm()
+        requests.arm()
+        assert broker.send_then_complete("responses", [("a", b"result")], held) == []
+        assert responses.wait(0) and not requests.wait(0)  # rung: its receivers look again
+        responses.arm()
+        assert broker.send_then_complete("responses", [], []) == []
+        assert not responses.wait(0)  # nothing sent: nothing to ring for
+    finally:
+        wakeups.release(path)
+        broker.close()
+
+
+class _CountingCondition(threading.Condition):
+    """The memory broker's condition variable, counting how often a thread takes it from
+    outside: each is a moment another thread could see the queues."""
+
+    def __init__(self) -> None:
+        super().__init__(threading.RLock())
+        self.taken = 0
+        self._depth = 0
+
+    def __enter__(self) -> bool:
+        entered = super().__enter__()
+        self._depth += 1
+        self.taken += self._depth == 1
+        return entered
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        super().__exit__(*exc)
+
+
+def test_send_then_complete_on_memory_holds_the_lock_once() -> None:
+    broker = MemoryBroker(f"memory://{uuid.uuid4().hex}")
+    counting = _CountingCondition()
+    broker._cond = counting  # before any use: every method takes it
+    assert broker.settles_atomically
+    broker.send_many("requests", [("a", b"1"), ("b", b"2")])
+    held = broker.receive("requests", 10, wait_s=0)
+    before = counting.taken
+    assert broker.send_then_complete("responses", [("a", b"ra"), ("b", b"rb")], held) == []
+    # one hold for both parts (the two-call default takes it 1 + one per completion)
+    assert counting.taken - before == 1
+    assert _depths(broker, "requests", "responses") == [0, 2]

@@ -1,7 +1,8 @@
 """The Redis fast path (issue #19): a submit in one script, a batch of ends in one, the ended
 record handed to the waiter, receives that block on what they last saw, the worker's status
-read and mark-Running in one script, its results and completions in one, and the round trips
-of a whole job counted with MONITOR. Redis database 9, flushed before and after each test."""
+read and mark-Running in one script, its results, its jobs' ends and its completions in one
+(the end announced with the record to other processes' long-polls), and the round trips of a
+whole job counted with MONITOR. Redis database 9, flushed before and after each test."""
 
 from __future__ import annotations
 
@@ -21,11 +22,16 @@ from nearline.constants import REQUEST_QUEUE, RESPONSE_QUEUE
 from nearline.deliveries import POLL_S
 from nearline.errors import NearlineError, Overloaded
 from nearline.jobs import JobRecord, JobStatus
+from nearline.messages import ResultMessage
+from nearline.models.repository import ModelRepository
+from nearline.pipelines.runner import PipelineRunner
 from nearline.pipelines.spec import load_pipelines
 from nearline.store import redis_wakeups
-from nearline.store.base import Enqueue
+from nearline.store.base import Enqueue, Settle
 from nearline.store.redis_hashes import RedisStore
+from nearline.store.redis_settle import HANDOVER_BYTES
 from nearline.store_jobs import StoreJobs
+from nearline.worker.loop import Worker
 
 pytestmark = pytest.mark.redis
 
@@ -237,12 +243,113 @@ def test_a_job_end_to_end_takes_at_most_ten_round_trips(r: redis.Redis) -> None:
     per_job = {label: n / jobs for label, n in counted.items() if label not in TIMED}
     assert per_job["submit"] == 1 and "depth" not in per_job and "create" not in per_job
     assert per_job["HGETALL"] <= 1  # the answer's record was handed over
-    # the worker: its status read and mark-Running in one script, its result and settle in one
+    # the worker: its status read and mark-Running in one script; its result, the job's end and
+    # its settle in one (the lifecycle's finish then finds the job ended)
     assert per_job["start_jobs"] == 1 and "HGET" not in per_job and "mark_running" not in per_job
-    assert per_job["send_then_complete"] == 1 and "send" not in per_job
+    assert per_job["settle_ended"] == 1 and "send" not in per_job and "send_then_complete" not in per_job
     # the outbox is looked at on the dispatcher's timer only (a look per POLL_S at most, the
     # warm-up's time included), not once per job: these jobs have no callback
     assert counted["claim_deliveries"] <= elapsed / POLL_S + 1, (counted, elapsed)
     # 18 before issue #19's merges, 13 after the first, 10 now; blocked reads that time out
     # may add a little.
     assert sum(per_job.values()) <= 10.5, per_job
+
+
+# -- a worker's batch: results sent, jobs ended, requests completed, in one script -----------
+
+
+def _settle_of(broker: RedisBroker, outputs: dict[str, object], now: float) -> tuple[Settle, list[str]]:
+    """Receive the requests of ``outputs``' jobs and the Settle a worker would make of them."""
+    got = broker.receive(REQUEST_QUEUE, 10, 1.0)
+    broker.depth(RESPONSE_QUEUE)  # its consumer groups made (once per broker)
+    results = [
+        ResultMessage.completed(d.message_id, outputs[d.message_id], timings={"echo": 0.5}) for d in got
+    ]
+    sent = [(m.id, m.to_json()) for m in results]
+    ends = [m.job_end() for m in results]
+    return Settle(broker, RESPONSE_QUEUE, sent, ends, {m.id: m.timings for m in results}, got, now), [
+        d.message_id for d in got
+    ]
+
+
+def test_a_workers_batch_ends_its_jobs_in_one_round_trip(r: redis.Redis, parts) -> None:  # type: ignore[no-untyped-def]
+    store, broker = parts
+    now = time.time()
+    store.create(replace(_job("a"), callback_url="http://127.0.0.1:9/hook", deadline=now + 60))
+    store.create(replace(_job("b"), deadline=now + 60))
+    store.create(_job("c"))
+    store.finish("c", JobStatus.TERMINATED, "stopped", now)  # ended before its worker got to it
+    for job_id in ("a", "b", "c"):
+        broker.send(REQUEST_QUEUE, b"{}", message_id=job_id)
+    assert store.settles_with(broker) and not store.settles_with(RedisBroker("redis://127.0.0.1:6379/8"))
+    settle, ids = _settle_of(broker, {"a": {"y": 1}, "b": {"y": 2}, "c": {"y": 3}}, now + 1)
+    assert sorted(ids) == ["a", "b", "c"]
+    recorder = Recorder(r, DB)
+    recorder.record(True)
+    lost = store.settle_ended(settle)
+    recorder.record(False)
+    recorder.close()
+    assert lost == [] and recorder.commands == ["settle_ended"]
+    a, b, c = (store.get(job_id) for job_id in ("a", "b", "c"))
+    assert a is not None and a.status is JobStatus.COMPLETED and a.output == {"y": 1} and a.updated == now + 1
+    assert a.timings == {"echo": 0.5}
+    assert b is not None and b.status is JobStatus.COMPLETED and b.output == {"y": 2}
+    assert c is not None and c.status is JobStatus.TERMINATED  # compare-and-set: the first end stays
+    assert store.overdue(now + 3600) == []  # out of the deadline index
+    assert [d.job_id for d in store.claim_deliveries(now + 2, 30, 10)] == ["a"]  # only a has a callback
+    # the outcomes log (/compare): a and b, as the lifecycle would log them (c ended Terminated)
+    assert sorted(o.job_id for o in store.outcomes().read("identity", now - 1)) == ["a", "b"]
+    assert broker.depth(REQUEST_QUEUE) == 0
+    assert sorted(d.message_id for d in broker.receive(RESPONSE_QUEUE, 10, 1.0)) == ["a", "b", "c"]
+    # again (a retry after a lost answer): leases gone, nothing changes
+    assert sorted(d.message_id for d in store.settle_ended(settle)) == ["a", "b", "c"]
+    assert store.get("a") == a
+
+
+def test_a_workers_end_wakes_a_long_poll_elsewhere_with_its_record(r: redis.Redis, parts) -> None:  # type: ignore[no-untyped-def]
+    worker_store, broker = parts
+    api = RedisStore(URL)  # another process's store: an API replica with a waiting long-poll
+    told: list[str] = []
+    api.on_callback(told.append)
+    try:
+        now = time.time()
+        worker_store.create(replace(_job("small"), callback_url="http://127.0.0.1:9/hook"))
+        worker_store.create(_job("big"))
+        for job_id in ("small", "big"):
+            broker.send(REQUEST_QUEUE, b"{}", message_id=job_id)
+        big = "x" * (HANDOVER_BYTES + 1)  # too big to go with the announcement
+        settle, _ = _settle_of(broker, {"small": {"y": 1}, "big": big}, now)
+
+        async def run() -> None:
+            small_ended, big_ended = api.waiters.register("small"), api.waiters.register("big")
+            await asyncio.to_thread(worker_store.settle_ended, settle)
+            await asyncio.wait_for(asyncio.gather(small_ended, big_ended), 5)
+
+        asyncio.run(run())
+        handed = api.waiters.take("small")
+        assert handed is not None and handed.status is JobStatus.COMPLETED and handed.output == {"y": 1}
+        assert handed == worker_store.get("small")  # the record as Redis holds it
+        assert api.waiters.take("big") is None  # read back instead
+        ended = api.get("big")
+        assert ended is not None and ended.output == big
+        deadline = time.monotonic() + 5
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert told == ["small"]  # its delivery is in the outbox: this replica's dispatcher is told
+    finally:
+        api.close()
+
+
+def test_a_worker_on_redis_ends_its_jobs_without_a_lifecycle(r: redis.Redis, parts) -> None:  # type: ignore[no-untyped-def]
+    store, broker = parts
+    catalog = load_pipelines(PIPELINES)
+    jobs = StoreJobs(catalog, broker, store)
+    job, _ = jobs.create_now(_job("a"))
+    worker = Worker(broker, PipelineRunner(catalog, ModelRepository(PIPELINES.parent)), store=store)
+    worker.process(broker.receive(REQUEST_QUEUE, 10, 1.0))
+    ended = store.get(job.id)
+    assert ended is not None and ended.status is JobStatus.COMPLETED and ended.output == {"x": 1}
+    assert broker.depth(REQUEST_QUEUE) == 0
+    # the result still goes out: the lifecycle keeps its hop timings and traces from it
+    [result] = broker.receive(RESPONSE_QUEUE, 10, 1.0)
+    assert ResultMessage.from_json(result.body).output == {"x": 1}

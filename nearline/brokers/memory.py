@@ -47,10 +47,14 @@ class _Queue:
 class MemoryBroker(Broker):
     """Queues in a dict, guarded by one condition variable."""
 
+    #: :meth:`send_then_complete` runs under the one lock: all or nothing for every other thread.
+    settles_atomically = True
+
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._queues: dict[str, _Queue] = {}
-        self._cond = threading.Condition()
+        # Reentrant: send_then_complete holds it across send_many and complete.
+        self._cond = threading.Condition(threading.RLock())
         self._seq = itertools.count()
 
     def _queue(self, name: str) -> _Queue:
@@ -123,6 +127,20 @@ class MemoryBroker(Broker):
         with self._cond:
             self._held(delivery)
             del self._queue(delivery.queue).messages[delivery.message_id]
+
+    def send_then_complete(
+        self, queue: str, messages: Sequence[tuple[str, bytes]], deliveries: Sequence[Delivery]
+    ) -> list[Delivery]:
+        """:meth:`send_many`, then :meth:`complete_many`, both under the broker's one lock.
+
+        Atomic because every other method takes that lock too: no other thread sees the results
+        sent and the requests not yet completed (a receiver woken by the sends runs once the
+        lock is let go). Neither part fails part way once started: the lane is checked before
+        anything changes, and a lost lease is no error (that delivery is returned, unchanged).
+        """
+        with self._cond:
+            self.send_many(queue, messages)
+            return self.complete_many(deliveries)
 
     def abandon(self, delivery: Delivery) -> None:
         with self._cond:

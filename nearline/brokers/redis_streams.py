@@ -61,6 +61,7 @@ import redis
 
 from nearline.brokers.base import Broker, DeadLetter, Delivery, LeaseLost
 from nearline.brokers.redis_client import connect, redis_error
+from nearline.brokers.redis_dead_letters import dead_key, purge_dead_letters, read_dead_letters
 from nearline.brokers.redis_lua import SCRIPTS, send_then_complete_args
 from nearline.claim_check import ClaimCheck, RedisBlobs
 from nearline.constants import DEFAULT_LANE, LANES, LEASE_S
@@ -95,11 +96,6 @@ T = TypeVar("T")
 def stream_key(queue: str, lane: str) -> str:
     """The stream of one lane of ``queue``, e.g. ``nearline-requests:normal``."""
     return f"{queue}:{lane}"
-
-
-def dead_key(queue: str) -> str:
-    """The dead-letter stream of ``queue``."""
-    return f"{queue}:dead"
 
 
 def _depth_args(queue: str) -> tuple[list[str], list[Any]]:
@@ -344,11 +340,21 @@ class RedisBroker(Broker):
         if not messages or not deliveries:  # only one of the two: its own call
             self.send_many(queue, messages)
             return self.complete_many(deliveries)
-        sends = [self._send_args(queue, mid, body, DEFAULT_LANE, None) for mid, body in messages]
-        keys, args = send_then_complete_args(sends, [self._settle_args(d, "complete") for d in deliveries])
-        run = partial(self._script, "send_then_complete", keys, args)
-        done = self._call(queue, partial(self._call, deliveries[0].queue, run))  # both queues' groups
+        keys, args = send_then_complete_args(*self.settle_parts(queue, messages, deliveries))
+        done = self._call(queue, partial(self._script, "send_then_complete", keys, args))
         return [d for d, ok in zip(deliveries, done, strict=True) if not ok]
+
+    def settle_parts(
+        self, queue: str, messages: Sequence[tuple[str, bytes]], deliveries: Sequence[Delivery]
+    ) -> tuple[list[tuple[list[str], list[Any]]], list[tuple[list[str], list[Any]]]]:
+        """KEYS and ARGV of ``send`` for each message to ``queue`` and of ``settle`` (complete)
+        for each delivery, for ``send_then_complete`` and for a script of another module that
+        settles a worker's batch as part of its own step (the status store's,
+        :mod:`nearline.store.redis_settle`). Makes every queue's consumer groups first."""
+        for name in {queue, *(d.queue for d in deliveries)}:
+            self._call(name, lambda: None)
+        sends = [self._send_args(queue, mid, body, DEFAULT_LANE, None) for mid, body in messages]
+        return sends, [self._settle_args(d, "complete") for d in deliveries]
 
     def abandon(self, delivery: Delivery) -> None:
         self._seen.pop(delivery.queue, None)  # claimable at once: the next receive looks first
@@ -364,28 +370,11 @@ class RedisBroker(Broker):
         return int(self._call(queue, lambda: self._script("depth", keys, args)))
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        rows: Any = self._call(queue, lambda: self._redis.xrange(dead_key(queue), count=limit))
-        out = []
-        for entry, f in rows:
-            out.append(
-                DeadLetter(
-                    queue=queue,
-                    message_id=f[b"id"].decode(),
-                    body=bytes(f.get(b"body", b"")),
-                    reason=f.get(b"reason", b"").decode(),
-                    delivery_count=int(f.get(b"count", 0)),
-                    lane=f.get(b"lane", DEFAULT_LANE.encode()).decode(),
-                    dead_at=int(entry.split(b"-")[0]) / 1000.0,  # the entry id: ms-seq
-                )
-            )
-        return out
+        return self._call(queue, partial(read_dead_letters, self._redis, queue, limit))
 
     def purge_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
         """XDEL the dead-letter entries with these ids (a scan of the capped dead-letter stream)."""
-        wanted = {mid.encode() for mid in message_ids}
-        rows: Any = self._call(queue, lambda: self._redis.xrange(dead_key(queue))) if wanted else []
-        entries = [entry for entry, f in rows if f.get(b"id") in wanted]
-        return int(self._call(queue, lambda: self._redis.xdel(dead_key(queue), *entries))) if entries else 0
+        return self._call(queue, partial(purge_dead_letters, self._redis, queue, message_ids))
 
     def close(self) -> None:
         """Forget this consumer (when it holds nothing) and close the connections."""

@@ -6,6 +6,7 @@ reliable there). A committed send or settle survives a process crash; see
 :mod:`nearline.sqlite_db` for what survives a power loss (``synchronous=normal`` by default).
 Sends (and dead-letters) are durable commits; leases and settles are not fsynced of their own
 under ``synchronous=full`` (:meth:`nearline.sqlite_db.Database.write` says why that is safe).
+A worker's results and its completions (``send_then_complete``) are one transaction, one commit.
 Messages are rows; a lease is ``visible_at`` in the future plus a ``lease_token``; receive leases
 a batch with one ``UPDATE ... RETURNING`` statement, which SQLite runs under its write lock, so
 two receivers (in any process) never lease the same message. Expired messages (``ttl_s``) are
@@ -26,6 +27,7 @@ pause between looks while a receive waits: 1000 with wake-ups, 10 without),
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import Sequence
@@ -106,15 +108,7 @@ class SqliteBroker(Broker):
         # One message whose id is free: one statement, no explicit transaction (the API's hot path).
         if len(rows) > 1 or self._db.execute_write(_INSERT, rows[0])[0] != 1:
             with self._db.write() as conn:
-                conn.execute("SAVEPOINT send")
-                if conn.executemany(_INSERT, rows).rowcount < len(rows):
-                    # Some ids are taken: drop those taken by expired messages (they must not
-                    # swallow this send), then insert the whole batch again so that it keeps
-                    # its order.
-                    conn.execute("ROLLBACK TO send")
-                    conn.executemany(_EXPIRED_ID, [(queue, row[1], now, now) for row in rows])
-                    conn.executemany(_INSERT, rows)
-                conn.execute("RELEASE send")
+                _insert(conn, queue, rows, now)
         self._bells.ring(queue)
 
     def receive(
@@ -178,12 +172,35 @@ class SqliteBroker(Broker):
             raise _lost(delivery)
 
     def complete_many(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        lost = []
-        now = time.time()
         with self._db.write(durable=False) as conn:
-            for d in deliveries:
-                if conn.execute(_COMPLETE, _held_args(d, now)).rowcount != 1:
-                    lost.append(d)
+            return _complete(conn, deliveries, time.time())
+
+    #: :meth:`send_then_complete` is one transaction: all or nothing, so a worker retries it whole.
+    settles_atomically = True
+
+    def send_then_complete(
+        self, queue: str, messages: Sequence[tuple[str, bytes]], deliveries: Sequence[Delivery]
+    ) -> list[Delivery]:
+        """The sends' inserts, then the completions' deletes, in ONE transaction, committed once.
+
+        Atomic because SQLite commits a transaction whole or not at all, in every process that
+        shares the file: an error part way (disk full, a lock held past ``busy_timeout_ms``, a
+        crash before the commit) rolls the sends back with the completions, so the worker may
+        retry the call whole. It also saves a commit per batch: one transaction instead of
+        :meth:`send_many`'s and :meth:`complete_many`'s (under ``synchronous=full`` the one
+        commit is durable, as a send's is; the completions' own commit was not fsynced anyway).
+        A lost lease is no error: that delivery is left unchanged and returned.
+        """
+        now = time.time()
+        rows = _rows(queue, messages, DEFAULT_LANE, None, now)
+        if not rows and not deliveries:
+            return []
+        with self._db.write(durable=bool(rows)) as conn:
+            if rows:
+                _insert(conn, queue, rows, now)
+            lost = _complete(conn, deliveries, now)
+        if rows:
+            self._bells.ring(queue)
         return lost
 
     def abandon(self, delivery: Delivery) -> None:
@@ -234,13 +251,34 @@ class SqliteBroker(Broker):
         self._db.close()
 
 
+#: A ``messages`` row as ``_INSERT`` takes it: queue, message id, lane rank, body, enqueued, expires.
+_Row = tuple[str, str, int, bytes, float, float | None]
+
+
 def _rows(
     queue: str, messages: Sequence[tuple[str, bytes]], lane: str, ttl_s: float | None, now: float
-) -> list[tuple[str, str, int, bytes, float, float | None]]:
+) -> list[_Row]:
     if lane not in _RANK:
         raise ValueError(f"unknown lane {lane!r}; expected one of {LANES}")
     expires = None if ttl_s is None else now + ttl_s
     return [(queue, mid, _RANK[lane], bytes(body), now, expires) for mid, body in messages]
+
+
+def _insert(conn: sqlite3.Connection, queue: str, rows: list[_Row], now: float) -> None:
+    """Insert ``rows`` (``_rows``) in the open transaction of ``conn``, a queued id a no-op."""
+    conn.execute("SAVEPOINT send")
+    if conn.executemany(_INSERT, rows).rowcount < len(rows):
+        # Some ids are taken: drop those taken by expired messages (they must not swallow this
+        # send), then insert the whole batch again so that it keeps its order.
+        conn.execute("ROLLBACK TO send")
+        conn.executemany(_EXPIRED_ID, [(queue, row[1], now, now) for row in rows])
+        conn.executemany(_INSERT, rows)
+    conn.execute("RELEASE send")
+
+
+def _complete(conn: sqlite3.Connection, deliveries: Sequence[Delivery], now: float) -> list[Delivery]:
+    """Delete each held delivery in the open transaction of ``conn``; those whose lease was lost."""
+    return [d for d in deliveries if conn.execute(_COMPLETE, _held_args(d, now)).rowcount != 1]
 
 
 def _held_args(d: Delivery, now: float) -> tuple[str, str, str, float]:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nearline.brokers.base import Broker
+from nearline.brokers.base import Broker, Delivery
 from nearline.constants import RETRY_AFTER_S
 from nearline.errors import Overloaded
 from nearline.jobs import JobRecord, JobStatus
@@ -81,6 +81,29 @@ class Enqueue:
             f"request queue holds {depth} messages (limit {self.max_depth}); retry later",
             retry_after=RETRY_AFTER_S,
         )
+
+
+@dataclass(frozen=True)
+class Settle:
+    """A worker's computed batch, for :meth:`StatusStore.settle_ended`.
+
+    Attributes:
+        broker: The broker the requests came from and the results go to.
+        queue: The response queue.
+        results: Each result message, ``(message id, body)``.
+        ends: Each result's job end, ``(job id, status, output)``, in ``results``' order.
+        timings: The per-step timings of the jobs that have them, by job id.
+        deliveries: The request messages to complete.
+        now: The jobs' end (their records' ``updated``).
+    """
+
+    broker: Broker
+    queue: str
+    results: Sequence[tuple[str, bytes]]
+    ends: Sequence[tuple[str, JobStatus, Any]]
+    timings: Mapping[str, dict[str, float]]
+    deliveries: Sequence[Delivery]
+    now: float
 
 
 class StatusStore(abc.ABC):
@@ -140,6 +163,24 @@ class StatusStore(abc.ABC):
             BrokerError: Redis failed (nothing written).
         """
         return None
+
+    def settles_with(self, broker: Broker) -> bool:
+        """Whether :meth:`settle_ended` can run with ``broker``: Redis, on the broker's own
+        database (:mod:`nearline.store.redis_settle`)."""
+        return False
+
+    def settle_ended(self, settle: Settle) -> list[Delivery]:
+        """A worker's batch as one atomic step, where :meth:`settles_with` its broker: send the
+        result messages, :meth:`finish_many` their jobs, then complete the request messages,
+        in one round trip; the lifecycle then finds the jobs ended. A job's end reaches
+        long-polls one hop sooner (the worker's, not the lifecycle's). Elsewhere the worker
+        sends the results and the lifecycle ends the jobs.
+
+        Returns the deliveries whose lease was lost (left unchanged), as
+        ``Broker.complete_many``. Calling it again after a failure is harmless (sends are
+        idempotent, ends compare-and-set).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot settle a worker's batch with its broker")
 
     @abc.abstractmethod
     def get(self, job_id: str) -> JobRecord | None:

@@ -35,19 +35,21 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
 
+from nearline.brokers.base import Broker, Delivery
 from nearline.brokers.redis_client import connect
 from nearline.brokers.redis_streams import RedisBroker
 from nearline.errors import BrokerError, ConfigError
 from nearline.jobs import PENDING_CALLBACK, JobRecord, JobStatus
 from nearline.settings import RedisSettings
-from nearline.store.base import CallbackDelivery, Enqueue, StatusStore
+from nearline.store.base import CallbackDelivery, Enqueue, Settle, StatusStore
 from nearline.store.outcomes_redis import RedisOutcomes
 from nearline.store.redis_lua import SCRIPTS
+from nearline.store.redis_settle import HANDOVER_BYTES, SETTLE_ENDED, settle_ended_args
 from nearline.store.redis_submit import SUBMIT, submit_args
 from nearline.store.redis_wakeups import Wakeups, channel_for
 
@@ -80,15 +82,33 @@ class RedisStore(StatusStore):
         super().__init__()
         self._redis, own, self.url = connect(url, ("retention_s",))
         self.retention_s = _retention(retention_s, own.get("retention_s"))
-        scripts = {**SCRIPTS, "submit": SUBMIT}
+        scripts = {**SCRIPTS, "submit": SUBMIT, "settle_ended": SETTLE_ENDED}
         self._scripts = {name: self._redis.register_script(src) for name, src in scripts.items()}
         db = int(self._redis.connection_pool.connection_kwargs.get("db", 0))
-        self.waiters: Wakeups = Wakeups(self._redis, channel_for(db), uuid.uuid4().hex, self._ended)
+        channel, origin = channel_for(db), uuid.uuid4().hex
+        self.waiters: Wakeups = Wakeups(
+            self._redis, channel, origin, self._ended, _announced_record, self._callback_elsewhere
+        )
 
     @property
     def client(self) -> redis.Redis:
         """The connection (the split store, :mod:`nearline.splits.redis`, keeps its keys here too)."""
         return self._redis
+
+    def on_callback(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """As the base's, and this instance subscribes to ends at once: a worker's end of a job
+        with a callback (announced, :meth:`settle_ended`) is then told to ``listener`` too. If
+        Redis is down now, the subscription starts with the first long-poll, and until then the
+        dispatcher's own poll finds those deliveries."""
+        remove = super().on_callback(listener)
+        with contextlib.suppress(BrokerError):
+            self.waiters.start()
+        return remove
+
+    def _callback_elsewhere(self, job_id: str) -> None:
+        """Another instance (a worker) ended ``job_id`` and wrote its callback delivery."""
+        for listener in list(self._callback_listeners):
+            listener(job_id)
 
     def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -229,6 +249,33 @@ class RedisStore(StatusStore):
                 self._finished(job_id, callback=callback)
         return [bool(ended) for ended in answers]
 
+    def settles_with(self, broker: Broker) -> bool:
+        return isinstance(broker, RedisBroker) and broker.same_database(self._redis)
+
+    def settle_ended(self, settle: Settle) -> list[Delivery]:
+        """A worker's batch in one script (:mod:`nearline.store.redis_settle`); each job's end
+        is announced with its ended record."""
+        broker = settle.broker
+        if not isinstance(broker, RedisBroker) or not broker.same_database(self._redis):
+            raise NotImplementedError(f"redis store {self.url}: settle_ended needs its database's broker")
+        for job_id, status, _ in settle.ends:
+            if not status.terminal:
+                raise ValueError(f"finish needs a terminal status, not {status.value} (job {job_id})")
+        sends, settles = broker.settle_parts(settle.queue, settle.results, settle.deliveries)
+        keys = [DEADLINES, FINISHED, OUTBOX, *(JOB_PREFIX + job_id for job_id, _, _ in settle.ends)]
+        shared = [repr(settle.now), self._retention_ms(), self.waiters.channel]
+        shared += [SLOT_PREFIX, DELIVERY_PREFIX, _PENDING, HANDOVER_BYTES]
+        announce, timings = self.waiters.announcement, settle.timings
+        ends = [
+            [job_id, status.value, json.dumps(output), announce(job_id), _timings(timings.get(job_id))]
+            for job_id, status, output in settle.ends
+        ]
+        ended, done = self._run("settle_ended", *settle_ended_args(sends, keys, shared, ends, settles))
+        for (job_id, _, _), answer in zip(settle.ends, ended, strict=True):
+            if answer:
+                self._finished(job_id, callback=answer == 2)
+        return [d for d, ok in zip(settle.deliveries, done, strict=True) if not ok]
+
     def delete(self, job_id: str) -> bool:
         self.waiters.take(job_id)
         return bool(self._run("delete", [JOB_PREFIX + job_id, DEADLINES, FINISHED], [job_id, SLOT_PREFIX]))
@@ -320,6 +367,13 @@ def _record(job_id: str, raw: dict[Any, Any]) -> JobRecord:
     values = {name: json.loads(f[name]) for name in _JSON_FIELDS if name in f}
     values.update((name, f[name].decode()) for name in _TEXT_FIELDS if name in f)
     return JobRecord(id=job_id, status=JobStatus(f["status"].decode()), updated=float(f["updated"]), **values)
+
+
+def _announced_record(job_id: str, pairs: str) -> JobRecord:
+    """The record of a worker's announcement (:mod:`nearline.store.redis_settle`): the hash's
+    fields and values as a JSON array."""
+    flat = [item.encode() for item in json.loads(pairs)]
+    return _record(job_id, dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
 def _holder(found: list[Any]) -> JobRecord:

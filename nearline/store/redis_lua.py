@@ -142,12 +142,15 @@ end
 
 #: ``finish(K, A)``: K: job hash, deadlines, finished, outbox. A: id, status, output JSON,
 #: updated, retention ms, channel, message, slot key prefix, delivery key prefix, pending
-#: callback status JSON, then (optional) per-step timings JSON ("" = none). Returns 1 when the
+#: callback status JSON, then (optional) per-step timings JSON ("" = none) and (optional) the
+#: largest output whose ended record goes with the announcement (a worker's end,
+#: :mod:`nearline.store.redis_settle`: the announcement becomes ``<message> <1|0 callback>
+#: <the hash as a JSON array, or nothing>``, for the long-polls of other processes). Returns 1 when the
 #: job moved to ``status``, 0 when absent or already ended. The job's slot key gets the
 #: record's TTL. A job with a callback_url gets its delivery (the hash
 #: ``<delivery prefix><id>``, due now in the outbox) in the same step (and the answer is 2
 #: instead of 1), and a job ended Completed or Failed its outcome (``outcome``).
-_FINISH_FUNCTION = (
+FINISH_FUNCTION = (
     _OUTCOME_FUNCTION
     + """
 local function finish(K, A)
@@ -171,8 +174,15 @@ local function finish(K, A)
     redis.call('HSET', K[1], 'custom_status', A[10])
   end
   if A[2] ~= 'Terminated' then outcome(K[1], A[1], A[2], A[4]) end
-  redis.call('PUBLISH', A[6], A[7])
-  if callback and callback ~= 'null' then return 2 end
+  local has_callback = callback and callback ~= 'null'
+  local message = A[7]
+  if A[12] then  -- another process waits: say whether it has a callback, and hand it the record
+    local record = ''
+    if #A[3] <= tonumber(A[12]) then record = cjson.encode(redis.call('HGETALL', K[1])) end
+    message = message .. (has_callback and ' 1 ' or ' 0 ') .. record
+  end
+  redis.call('PUBLISH', A[6], message)
+  if has_callback then return 2 end
   return 1
 end
 """
@@ -180,7 +190,7 @@ end
 
 #: KEYS and ARGV: those of ``finish``.
 FINISH = (
-    _FINISH_FUNCTION
+    FINISH_FUNCTION
     + """
 return finish(KEYS, ARGV)
 """
@@ -193,7 +203,7 @@ return finish(KEYS, ARGV)
 #: Returns each job's ``finish`` answer, in order; an ended job whose record was wanted is
 #: answered with its hash instead of 1 or 2.
 FINISH_MANY = (
-    _FINISH_FUNCTION
+    FINISH_FUNCTION
     + """
 local ended = {}
 for i = 4, #KEYS do

@@ -11,7 +11,12 @@ long-polls (a worker) never subscribes.
 The hand-over: when this instance ends a batch of jobs (``finish_many``, the lifecycle) and
 someone here waits for one, the script answers with the ended record, kept here for the waiter's
 next read (``RedisStore.get`` takes it, once, within :data:`HANDOVER_S`): the long-poll answers
-without reading the record back from Redis, a round trip fewer on every answered wait.
+without reading the record back from Redis, a round trip fewer on every answered wait. A
+worker's end (``RedisStore.settle_ended``, :mod:`nearline.store.redis_settle`) announces
+``<job id> <origin> <1|0> <record>``: whether the job has a callback (its outbox delivery is
+written; this instance's ``on_callback`` listeners, the local lifecycle's dispatcher, are told)
+and, for outputs up to ``HANDOVER_BYTES``, the ended record as a JSON array of the hash's fields
+and values, handed over the same way to a waiter here.
 
 If the connection drops, redis-py reconnects and subscribes again; announcements made in
 between are gone, so on every re-subscription the jobs still being waited for are looked up
@@ -56,6 +61,9 @@ class Wakeups(Waiters):
         channel: From :func:`channel_for`.
         origin: This store instance's id; its own announcements are skipped.
         catch_up: Given job ids, returns those that have ended (used after a reconnect).
+        read_record: The record of a job id and an announced record (a JSON array of fields
+            and values).
+        callback: Called with the id of a job another instance ended with a callback.
     """
 
     def __init__(
@@ -64,12 +72,16 @@ class Wakeups(Waiters):
         channel: str,
         origin: str,
         catch_up: Callable[[list[str]], Iterable[str]],
+        read_record: Callable[[str, str], JobRecord],
+        callback: Callable[[str], None],
     ) -> None:
         super().__init__()
         self.channel = channel
         self.origin = origin
         self._client = client
         self._catch_up = catch_up
+        self._read_record = read_record
+        self._callback = callback
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
         self._pubsub: Any = None
@@ -137,14 +149,25 @@ class Wakeups(Waiters):
                     for job_id in self._catch_up(self.waited()):
                         self.notify(job_id)
                 elif msg and msg.get("type") == "message":
-                    job_id, _, origin = msg["data"].decode().partition(" ")
-                    if origin != self.origin:
-                        self.notify(job_id)
+                    self._announced(msg["data"].decode())
             except (redis.RedisError, NearlineError, OSError, ValueError) as exc:
                 if self._stop.is_set():
                     return
                 log.warning("job wake-up subscription failed, reconnecting: %s", exc)
                 self._stop.wait(POLL_S)
+
+    def _announced(self, message: str) -> None:
+        """One announcement: ``<job id> <origin>``, or a worker's ``... <1|0> [<record>]``."""
+        job_id, _, rest = message.partition(" ")
+        origin, _, rest = rest.partition(" ")
+        if origin == self.origin:
+            return  # this instance's own end: it notified its waiters itself
+        callback, _, record = rest.partition(" ")
+        if record and self.wanted(job_id):
+            self.hand_over(job_id, self._read_record(job_id, record))
+        self.notify(job_id)
+        if callback == "1":
+            self._callback(job_id)
 
     def close(self) -> None:
         """Stop listening and close the subscription's connection."""

@@ -7,7 +7,8 @@ store; a long-poll served by another process than the one that finished the job 
 re-reading the record. Durability is the file's (see :mod:`nearline.sqlite_db`).
 
 The callback outbox is the ``deliveries`` table: a trigger on ``jobs`` inserts a job's delivery
-when ``finish`` ends it (one statement, one transaction) and deletes it with the job's row.
+when ``finish`` ends it (one statement, one transaction) and deletes it with the job's row;
+the statement returns whether the job had a callback, so ``on_callback`` hears only those ends.
 """
 
 from __future__ import annotations
@@ -44,10 +45,14 @@ DELETE FROM jobs WHERE rowid IN (
 """
 
 
+#: Ends an open job; returns one row, whether it had a callback (then the jobs_outbox trigger
+#: wrote its delivery in the same statement), or none when the job is absent or already ended.
+#: RETURNING needs SQLite 3.35 (2021), as the broker's lease does.
 _FINISH = f"""
 UPDATE jobs SET status = ?, output = ?, updated = ?, timings = ?,
     custom_status = CASE WHEN callback_url IS NULL THEN custom_status ELSE ? END
 WHERE id = ? AND status IN ({_OPEN_SQL})
+RETURNING callback_url IS NOT NULL
 """
 _CLAIM = """
 UPDATE deliveries SET due = ?, token = ?
@@ -138,13 +143,13 @@ class SqliteStore(StatusStore):
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status.value}")
         # One statement: the jobs_outbox trigger (sqlite_migrations.py) writes the callback's delivery
-        # in its transaction.
-        count, _ = self._db.execute_write(
+        # in its transaction, and RETURNING says whether it did.
+        _, rows = self._db.execute_write(
             _FINISH, (status.value, _dump(output), now, _dump(timings), _PENDING, job_id)
         )
-        if count != 1:
+        if not rows:
             return False
-        self._finished(job_id)
+        self._finished(job_id, callback=bool(rows[0][0]))
         return True
 
     def finish_many(
@@ -159,17 +164,17 @@ class SqliteStore(StatusStore):
             raise ValueError("finish needs terminal statuses")
         found = timings or {}
         with self._db.write() as conn:
-            done = [
+            # Per job: [] when not ended here, else [(whether it had a callback,)].
+            ended = [
                 conn.execute(
                     _FINISH, (status.value, _dump(output), now, _dump(found.get(job_id)), _PENDING, job_id)
-                ).rowcount
-                == 1
+                ).fetchall()
                 for job_id, status, output in ends
             ]
-        for (job_id, _, _), ok in zip(ends, done, strict=True):
-            if ok:
-                self._finished(job_id)
-        return done
+        for (job_id, _, _), rows in zip(ends, ended, strict=True):
+            if rows:
+                self._finished(job_id, callback=bool(rows[0][0]))
+        return [bool(rows) for rows in ended]
 
     def delete(self, job_id: str) -> bool:
         count, _ = self._db.execute_write("DELETE FROM jobs WHERE id = ?", (job_id,))

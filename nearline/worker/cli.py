@@ -25,6 +25,7 @@ from nearline.errors import ConfigError, NearlineError
 from nearline.settings import BLOB_STORE, BROKER, WorkerSettings, add_flags, with_flags
 
 if TYPE_CHECKING:
+    from nearline.models.backend import OnnxOptions
     from nearline.pipelines.runner import PipelineRunner
     from nearline.store.base import StatusStore
     from nearline.tombstones import Tombstones
@@ -142,23 +143,34 @@ def worker_config(settings: WorkerSettings) -> WorkerConfig:
 
 def open_runner(settings: WorkerSettings) -> PipelineRunner:
     """The pipelines of ``settings`` over its model repository (models not loaded yet)."""
-    from nearline.models.backend import OnnxOptions
     from nearline.models.repository import ModelRepository
     from nearline.pipelines.runner import PipelineRunner
     from nearline.pipelines.spec import load_pipelines
 
-    # ONNX Runtime reads no OMP_NUM_THREADS: a worker of `nearline serve` gets its share here.
-    threads = settings.onnx_threads or settings.torch_threads or 0
     return PipelineRunner(
         load_pipelines(settings.pipelines),
         ModelRepository(settings.models),
         backend=settings.model_backend,
         triton_url=settings.triton_url,
-        onnx=OnnxOptions(
-            intra_op_threads=threads,
-            providers=settings.onnx_providers,
-            optimization=settings.onnx_optimization,
-        ),
+        onnx=onnx_options(settings),
+    )
+
+
+def onnx_options(settings: WorkerSettings) -> OnnxOptions:
+    """ONNX Runtime's session options from ``settings`` (``NEARLINE_ONNX_*``), for every runner
+    built from worker settings (this worker's, ``nearline check``'s).
+
+    Threads: ``NEARLINE_ONNX_THREADS``, else the worker's share of the cores (``torch_threads``,
+    which ``nearline serve`` sets: ONNX Runtime reads no ``OMP_NUM_THREADS``), else 0 (ONNX
+    Runtime's own default). Here rather than in :mod:`nearline.models.onnx_backend`, which
+    imports ONNX Runtime: a worker whose pipelines use no ONNX model must not need it.
+    """
+    from nearline.models.backend import OnnxOptions
+
+    return OnnxOptions(
+        intra_op_threads=settings.onnx_threads or settings.torch_threads or 0,
+        providers=settings.onnx_providers,
+        optimization=settings.onnx_optimization,
     )
 
 

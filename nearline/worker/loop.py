@@ -45,7 +45,7 @@ from nearline.constants import (
 )
 from nearline.errors import BrokerError, NearlineError, StepError
 from nearline.messages import ResultMessage
-from nearline.store.base import StatusStore
+from nearline.store.base import Settle, StatusStore
 from nearline.worker.hooks import Hook, Work, default_hooks
 from nearline.worker.metrics import WorkerMetrics
 from nearline.worker.outage import Backoff, Outage
@@ -105,6 +105,7 @@ class Worker:
         self.config = config or WorkerConfig()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
         self.metrics = metrics or WorkerMetrics()
+        self.store = store
         self.hooks = list(hooks) if hooks is not None else default_hooks(self.config.max_deliveries, store)
         #: Set while the worker runs and its broker answers (``/readyz``).
         self.ready = threading.Event()
@@ -276,24 +277,35 @@ class Worker:
     def _settle(self, batch: list[Work]) -> None:
         """Publish every result first, then settle: the order that makes delivery at-least-once.
 
-        Where the broker does it in one atomic call (:attr:`~Broker.settles_atomically`: Redis's
-        script), results go out and completions are made in one ``send_then_complete``, retried
-        whole; elsewhere ``send_many`` then ``complete_many``, each retried on its own, so that an
-        outage between the two does not publish the results again. Dead letters come after, their
-        results already out. A lease that ran out meanwhile makes its settle a no-op (another
-        worker has the message), and a result published twice changes nothing (the lifecycle
-        keeps the first).
+        Where the status store can do it with the broker in one atomic step
+        (:meth:`~StatusStore.settle_ended`: Redis, one database), the results go out, their jobs
+        end and the requests are completed in one call, retried whole: a long-poll then
+        answers without waiting for the lifecycle. Else, where the broker does it in one atomic
+        call (:attr:`~Broker.settles_atomically`: Redis's script, SQLite's transaction, the
+        memory broker's lock), results go out and completions are made in one
+        ``send_then_complete``, retried whole; elsewhere (Service Bus)
+        ``send_many`` then ``complete_many``, each retried on its own, so that an outage between
+        the two does not publish the results again. Dead letters come after, their results
+        already out. A lease that ran out meanwhile makes its settle a no-op (another worker
+        has the message), and a result published twice changes nothing (the first end is kept).
         """
-        results = [(r.id, r.to_json()) for r in (w.result for w in batch) if r is not None]
+        computed = [w.result for w in batch if w.result is not None]
+        results = [(r.id, r.to_json()) for r in computed]
         done = [w.delivery for w in batch if w.dead_letter is None]
         queue = self.config.response_queue
-        if self.broker.settles_atomically:
+        if self.store is not None and computed and self.store.settles_with(self.broker):
+            ends = [r.job_end() for r in computed]
+            timings = {r.id: r.timings for r in computed if r.timings}
+            settle = Settle(self.broker, queue, results, ends, timings, done, time.time())
+            ended = partial(self.store.settle_ended, settle)
+            lost = self._broker("publish results, end jobs and complete", ended)
+        elif self.broker.settles_atomically:
             send = partial(self.broker.send_then_complete, queue, results, done)
             lost = self._broker("publish results and complete", send)
         else:
             self._broker("publish results", partial(self.broker.send_many, queue, results))
             lost = self._broker("complete", partial(self.broker.complete_many, done))
-        tracing.published([w.result for w in batch if w.result is not None], time.time())
+        tracing.published(computed, time.time())
         for w in batch:
             if w.result is not None:
                 pipeline, deployment = (
