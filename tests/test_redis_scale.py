@@ -239,15 +239,30 @@ def test_two_thousand_jobs_two_replicas_three_workers_one_killed(system: System)
     baseline = int(system.r.zcard(FINISHED))
     held_by_victim: list[int] = []
 
-    def kill_mid_run() -> None:
-        wait_until(lambda: system.r.zcard(FINISHED) - baseline >= KILL_AFTER, 120, "jobs to finish")
-        victim.kill()
-        victim.wait()
+    def victim_holds() -> int:
         held = 0
         for lane in LANES:
             for c in system.r.xpending(stream_key(REQUEST_QUEUE, lane), GROUP)["consumers"]:
                 held += int(c["pending"]) if f":{victim.pid}:".encode() in c["name"] else 0
-        held_by_victim.append(held)
+        return held
+
+    def stopped_holding() -> bool:
+        """Freeze the victim; True if it holds leased requests, else let it go on (False)."""
+        if not victim_holds():
+            return False
+        victim.send_signal(signal.SIGSTOP)  # it may have settled them meanwhile: look again
+        if victim_holds():
+            return True
+        victim.send_signal(signal.SIGCONT)
+        return False
+
+    def kill_mid_run() -> None:
+        wait_until(lambda: system.r.zcard(FINISHED) - baseline >= KILL_AFTER, 120, "jobs to finish")
+        # killed while it holds requests (a worker settles fast: catch it with work in hand)
+        wait_until(stopped_holding, 60, "the victim to hold leased requests", interval=0.001)
+        victim.kill()
+        victim.wait()
+        held_by_victim.append(victim_holds())
 
     killer = threading.Thread(target=kill_mid_run)
     killer.start()
