@@ -94,6 +94,8 @@ class Recorder:
             return self.names.get(words[1], "script?")
         if name == "XREAD":
             return "XREAD BLOCK"
+        if name == "BLPOP":
+            return "BLPOP (bell)"
         return name
 
     def record(self, on: bool) -> None:

@@ -19,7 +19,8 @@ from conftest import redis_database
 
 from nearline.brokers import open_broker
 from nearline.brokers.base import Delivery, LeaseLost
-from nearline.brokers.redis_streams import GROUP, LEASE_HORIZON_S, RedisBroker, dead_key, stream_key
+from nearline.brokers.redis_keys import GROUP, bell_key, dead_key, stream_key
+from nearline.brokers.redis_streams import LEASE_HORIZON_S, RedisBroker
 from nearline.claim_check import DEFAULT_CLAIM_CHECK_BYTES, ClaimCheck
 from nearline.errors import BrokerError, ConfigError
 
@@ -149,6 +150,11 @@ def test_dead_letter_stream_keeps_body_reason_and_count(r: redis.Redis, brokers:
     assert receive_one(b).body == b"again"
 
 
+def _streams_and_bell(lanes: tuple[str, ...]) -> list[bytes]:
+    """The keys a queue keeps when it holds nothing: its lane streams and its bell."""
+    return sorted([*(stream_key(Q, lane).encode() for lane in lanes), bell_key(Q).encode()])
+
+
 def test_completed_entries_do_not_accumulate(r: redis.Redis, brokers: list[RedisBroker]) -> None:
     b = brokers[0]
     lanes = ("high", "normal", "low")
@@ -160,8 +166,10 @@ def test_completed_entries_do_not_accumulate(r: redis.Redis, brokers: list[Redis
     assert b.depth(Q) == 0
     assert all(r.xlen(stream_key(Q, lane)) == 0 for lane in lanes)
     assert all(r.xinfo_groups(stream_key(Q, lane))[0]["pending"] == 0 for lane in lanes)
-    # Only the three (empty) lane streams are left: no id keys, no expiry entries.
-    assert sorted(r.keys()) == sorted(stream_key(Q, lane).encode() for lane in lanes)
+    # Only the three (empty) lane streams and the bell (one token at most) are left: no id keys,
+    # no expiry entries.
+    assert sorted(r.keys()) == _streams_and_bell(lanes)
+    assert r.llen(bell_key(Q)) == 1
 
 
 def test_expired_messages_leave_no_keys_behind(r: redis.Redis, brokers: list[RedisBroker]) -> None:
@@ -173,7 +181,7 @@ def test_expired_messages_leave_no_keys_behind(r: redis.Redis, brokers: list[Red
     time.sleep(0.2)  # the TTL must pass
     assert b.receive(Q, 10, wait_s=0) == []
     assert b.depth(Q) == 0
-    assert sorted(r.keys()) == sorted(stream_key(Q, lane).encode() for lane in ("high", "normal", "low"))
+    assert sorted(r.keys()) == _streams_and_bell(("high", "normal", "low"))
 
 
 def test_reclaimed_messages_still_come_in_lane_order(r: redis.Redis, brokers: list[RedisBroker]) -> None:

@@ -1,5 +1,5 @@
 """The Redis fast path (issue #19): a submit in one script, a batch of ends in one, the ended
-record handed to the waiter, receives that block on what they last saw, the worker's status
+record handed to the waiter, receives that block on the queue's bell (one woken per send), the worker's status
 read and mark-Running in one script, its results, its jobs' ends and its completions in one
 (the end announced with the record to other processes' long-polls), and the round trips of a
 whole job counted with MONITOR. Redis database 9, flushed before and after each test."""
@@ -7,6 +7,7 @@ whole job counted with MONITOR. Redis database 9, flushed before and after each 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -16,7 +17,9 @@ import pytest
 import redis
 from conftest import redis_database
 from redis_roundtrips import CLIENT_NAME, TIMED, Recorder, count
+from waiting import wait_until
 
+from nearline.brokers.redis_keys import bell_key
 from nearline.brokers.redis_streams import RedisBroker
 from nearline.constants import REQUEST_QUEUE, RESPONSE_QUEUE
 from nearline.deliveries import POLL_S
@@ -170,6 +173,59 @@ def test_a_purged_job_is_not_answered_from_a_handed_record(parts) -> None:  # ty
     assert store.get("a") is None
 
 
+def test_one_send_wakes_one_blocked_receiver(r: redis.Redis, parts) -> None:  # type: ignore[no-untyped-def]
+    _, broker = parts
+    named = f"{URL}?client_name={CLIENT_NAME}"
+    receivers = [RedisBroker(named), RedisBroker(named)]
+    got: list[list[str]] = [[], []]
+    try:
+        for b in receivers:
+            assert b.receive(REQUEST_QUEUE, 10, 0) == []  # groups made, scripts loaded
+        broker.depth(REQUEST_QUEUE)  # the sender's groups made too
+        recorder = Recorder(r, DB)
+
+        def receive(i: int) -> None:
+            got[i] = [d.message_id for d in receivers[i].receive(REQUEST_QUEUE, 10, 10.0)]
+
+        threads = [threading.Thread(target=receive, args=(i,)) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: _blocked(r) == 2, 5, "both receivers to block")  # after a look each
+        recorder.record(True)
+        broker.send(REQUEST_QUEUE, b"1", message_id="m1")
+        wait_until(lambda: ["m1"] in got, 5, "a receiver to take m1")
+        assert _blocked(r) == 1  # the other sleeps on
+        broker.send(REQUEST_QUEUE, b"2", message_id="m2")
+        for t in threads:
+            t.join(timeout=10)
+        recorder.record(False)
+        recorder.close()
+        assert sorted(got) == [["m1"], ["m2"]]
+        # one look per message: XREAD BLOCK on the streams woke both receivers for m1
+        assert recorder.commands.count("receive") == 2, recorder.commands
+    finally:
+        for b in receivers:
+            b.close()
+
+
+def _blocked(r: redis.Redis) -> int:
+    """Clients of this test blocked in a command (the receivers' BLPOP)."""
+    return sum(1 for c in r.client_list() if c.get("name") == CLIENT_NAME and "b" in c.get("flags", ""))
+
+
+def test_a_receive_that_took_all_it_asked_for_rings_for_the_next(r: redis.Redis, parts) -> None:  # type: ignore[no-untyped-def]
+    _, broker = parts
+    broker.send_many(REQUEST_QUEUE, [("a", b"1"), ("b", b"2"), ("c", b"3")])
+    bell = bell_key(REQUEST_QUEUE)
+    assert r.llen(bell) == 1  # one token, whatever the sends
+    r.delete(bell)  # as a blocked receiver's BLPOP would have taken it
+    assert len(broker.receive(REQUEST_QUEUE, 2, 0)) == 2
+    assert r.llen(bell) == 1  # c still waits: the next receiver is woken for it
+    r.delete(bell)
+    assert [d.message_id for d in broker.receive(REQUEST_QUEUE, 10, 0)] == ["c"]
+    assert r.llen(bell) == 0  # it took every entry: nobody is woken for nothing
+
+
 def test_a_receive_that_took_every_entry_then_blocks_on_what_it_saw(parts) -> None:  # type: ignore[no-untyped-def]
     _, broker = parts
     broker.send(REQUEST_QUEUE, b"1", message_id="m1")
@@ -204,9 +260,12 @@ def test_start_jobs_reads_and_marks_a_batch_in_one_round_trip(r: redis.Redis, pa
 
 def test_send_then_complete_is_one_round_trip(r: redis.Redis, parts) -> None:  # type: ignore[no-untyped-def]
     _, broker = parts
+    broker.send(REQUEST_QUEUE, b"0", message_id="warm")  # the script loaded on the server
+    broker.send_then_complete(RESPONSE_QUEUE, [("warm", b"r0")], broker.receive(REQUEST_QUEUE, 10, 1.0))
+    broker.receive(RESPONSE_QUEUE, 10, 1.0)
     broker.send_many(REQUEST_QUEUE, [("a", b"1"), ("b", b"2")])
     got = broker.receive(REQUEST_QUEUE, 10, 1.0)
-    assert broker.depth(RESPONSE_QUEUE) == 0  # its consumer groups made (once per broker)
+    assert broker.depth(RESPONSE_QUEUE) == 1  # its consumer groups made (once per broker)
     assert broker.claim_check.threshold > 0
     big = b"x" * (broker.claim_check.threshold + 1)  # a claim-checked result goes out whole
     recorder = Recorder(r, DB)

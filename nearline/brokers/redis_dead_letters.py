@@ -14,12 +14,8 @@ from typing import Any
 import redis
 
 from nearline.brokers.base import DeadLetter
+from nearline.brokers.redis_keys import dead_key
 from nearline.constants import DEFAULT_LANE
-
-
-def dead_key(queue: str) -> str:
-    """The dead-letter stream of ``queue``."""
-    return f"{queue}:dead"
 
 
 def read_dead_letters(client: redis.Redis, queue: str, limit: int) -> list[DeadLetter]:

@@ -33,6 +33,12 @@ local function fields_of(flat)
   return f
 end
 
+-- Wake one receiver blocked on the queue's bell (BLPOP, see the broker's docstring): at most
+-- one token waits, so a burst of sends wakes as many receivers as are blocked, one each.
+local function ring(bell)
+  if redis.call('LLEN', bell) == 0 then redis.call('RPUSH', bell, '1') end
+end
+
 -- Remove one message for good: its entry, its pending slot, its id key, TTL slot and blob.
 local function drop(prefix, group, lane, entry, mid)
   local stream = prefix .. ':' .. lane
@@ -43,7 +49,7 @@ local function drop(prefix, group, lane, entry, mid)
 end
 """
 
-#: ``send(K, A)``: K: lane stream, id key, expiry zset, blob key.
+#: ``send(K, A)``: K: lane stream, id key, expiry zset, blob key, the queue's bell.
 #: A: message id, lane, body, "1" to store the body as a blob, TTL ms or "", blob TTL ms.
 #: Returns 1 when enqueued, 0 when a message with that id is still queued or leased. A function,
 #: so that the status store's submit script (:mod:`nearline.store.redis_submit`) sends with it too.
@@ -65,6 +71,7 @@ local function send(K, A)
   local entry = redis.call('XADD', K[1], '*', unpack(fields))
   redis.call('SET', K[2], entry)
   if exp then redis.call('ZADD', K[3], exp, A[2] .. '|' .. entry .. '|' .. A[1]) end
+  ring(K[5])
   return 1
 end
 """
@@ -79,10 +86,11 @@ return send(KEYS, ARGV)
 
 #: KEYS: the lane streams, highest lane first. ARGV: group, consumer, max messages, lease ms,
 #: horizon ms, queue prefix, then per lane its name and XAUTOCLAIM cursor.
-#: Returns {cursors, deliveries, last ids, length}; a delivery is {lane index, entry id,
-#: delivery count, message id, body, "1" if the body is a blob}. Last ids and length (entries
-#: waiting or leased) whenever fewer than max messages were delivered (every new entry was
-#: taken): the caller blocks on them, now or on its next receive, with no empty look first.
+#: Returns {cursors, deliveries, length}; a delivery is {lane index, entry id, delivery count,
+#: message id, body, "1" if the body is a blob}. The length (entries waiting or leased) whenever
+#: fewer than max messages were delivered (every new entry was taken): the caller blocks on the
+#: bell, now or on its next receive, with no empty look first. When max messages were delivered
+#: more may wait: the bell is rung for another receiver.
 RECEIVE = """
 local group, consumer, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local horizon, prefix = tonumber(ARGV[5]), ARGV[6]
@@ -134,15 +142,13 @@ for i = 1, #KEYS do
   end
 end
 
-local last, length = {}, 0
+local length = 0
 if #out < n then
-  for i = 1, #KEYS do
-    local tail = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
-    last[i] = tail[1] and tail[1][1] or '0-0'
-    length = length + redis.call('XLEN', KEYS[i])
-  end
+  for i = 1, #KEYS do length = length + redis.call('XLEN', KEYS[i]) end
+else
+  ring(prefix .. ':bell')
 end
-return {cursors, out, last, length}
+return {cursors, out, length}
 """
 
 #: ``settle(K, A)``: K: lane stream, dead-letter stream. A: group, op (complete|abandon|dead),
@@ -159,6 +165,7 @@ local function settle(K, A)
   end
   if op == 'abandon' then
     redis.call('XCLAIM', K[1], group, A[5], 0, entry, 'IDLE', tostring(horizon), 'JUSTID')
+    ring(A[7] .. ':bell')  -- claimable at once: wake a receiver for it
     return 1
   end
   local prefix, lane, mid = A[7], A[8], A[9]
@@ -183,7 +190,7 @@ return settle(KEYS, ARGV)
 """
 )
 
-#: Per message ``send``'s KEYS (4) and ARGV (6), then per delivery ``settle``'s KEYS (2) and
+#: Per message ``send``'s KEYS (5) and ARGV (6), then per delivery ``settle``'s KEYS (2) and
 #: ARGV (11, op ``complete``); ARGV[1] is the number of messages. Every send runs before any
 #: settle (publish, then settle: at-least-once even if the script stops part way). Returns each
 #: delivery's ``settle`` answer, in order. A worker's results and completions in one round trip.
@@ -198,10 +205,10 @@ local function slice(t, from, n)
 end
 
 local m = tonumber(ARGV[1])
-for i = 0, m - 1 do send(slice(KEYS, 1 + 4 * i, 4), slice(ARGV, 2 + 6 * i, 6)) end
+for i = 0, m - 1 do send(slice(KEYS, 1 + 5 * i, 5), slice(ARGV, 2 + 6 * i, 6)) end
 local done = {}
-for i = 0, (#KEYS - 4 * m) / 2 - 1 do
-  done[i + 1] = settle(slice(KEYS, 1 + 4 * m + 2 * i, 2), slice(ARGV, 2 + 6 * m + 11 * i, 11))
+for i = 0, (#KEYS - 5 * m) / 2 - 1 do
+  done[i + 1] = settle(slice(KEYS, 1 + 5 * m + 2 * i, 2), slice(ARGV, 2 + 6 * m + 11 * i, 11))
 end
 return done
 """

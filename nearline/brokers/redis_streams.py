@@ -5,7 +5,7 @@ number of hosts sharing one Redis primary, and, with the persistence settings be
 Redis restart. Every operation is one round trip (a Lua script: a check and the change it
 guards run atomically).
 
-Layout (names in one place, :data:`GROUP` and :func:`stream_key`; the Kubernetes KEDA
+Layout (names in one place, :mod:`nearline.brokers.redis_keys`; the Kubernetes KEDA
 ``redis-streams`` triggers name the same ones):
 
 * one stream per lane, ``<queue>:high``, ``<queue>:normal``, ``<queue>:low``, each with the
@@ -13,17 +13,24 @@ Layout (names in one place, :data:`GROUP` and :func:`stream_key`; the Kubernetes
   claim check) and ``exp`` (expiry, epoch ms, when the message has a TTL);
 * ``<queue>:dead``, the dead-letter stream (``id``, ``reason``, ``count``, ``lane``, ``body``);
 * ``<queue>:msg:<id>`` makes ``send`` idempotent while the message exists; ``<queue>:expiry``
-  lists messages with a TTL; ``<queue>:blob:<id>`` holds a claim-checked body.
+  lists messages with a TTL; ``<queue>:blob:<id>`` holds a claim-checked body; ``<queue>:bell``
+  wakes a blocked receiver.
 
 Receive reads high, then normal, then low: first entries whose lease expired (XAUTOCLAIM,
 which also raises the delivery count in the pending list), then new ones (XREADGROUP), in
-batches of ``COUNT``; when nothing is there it blocks on all three streams at once (XREAD
-BLOCK), which a send ends at once. Redis times out blocked reads only ``hz`` times a second, so
-a receive of 100 ms or more may return empty up to 100 ms late, and a shorter one polls every
-2 ms instead of blocking. A lease is the pending entry's idle clock: leasing for L seconds
-sets the idle time to ``LEASE_HORIZON_S - L``, so ``XAUTOCLAIM min-idle-time=LEASE_HORIZON_S``
-hands the message to another consumer exactly L seconds later; ``abandon`` sets it to the
-horizon (XCLAIM IDLE JUSTID, which keeps the count: claimable at once). The lease token is
+batches of ``COUNT``; when nothing is there it blocks on the queue's bell, ``<queue>:bell``
+(BLPOP), which every send rings: a list holding one token at most, so one blocked receiver
+wakes per send and the others sleep on (XREAD BLOCK on the streams would wake every worker for
+every message, and all but one would look and find nothing); a receive that took all it asked
+for rings again, for the next receiver. Redis times out blocked calls only ``hz`` times a
+second, so a receive of 100 ms or more may return empty up to 100 ms late, and a shorter one
+polls every 2 ms instead of blocking. Senders of an older nearline do not ring: their messages
+wait for a receiver's timeout (at most ``BLOCK_MAX_S``), never lost.
+
+A lease is the pending entry's idle clock: leasing for L seconds sets the idle time to
+``LEASE_HORIZON_S - L``, so ``XAUTOCLAIM min-idle-time=LEASE_HORIZON_S`` hands the message to
+another consumer exactly L seconds later; ``abandon`` sets it to the horizon (XCLAIM IDLE
+JUSTID, which keeps the count: claimable at once) and rings the bell. The lease token is
 ``entry id/delivery count/consumer``, checked against XPENDING before any settle, so a stale
 lease raises :class:`LeaseLost` and changes nothing. ``complete`` is XACK + XDEL: completed
 entries do not accumulate, and ``depth`` is the streams' XLEN (waiting + leased). Expired
@@ -61,13 +68,12 @@ import redis
 
 from nearline.brokers.base import Broker, DeadLetter, Delivery, LeaseLost
 from nearline.brokers.redis_client import connect, redis_error
-from nearline.brokers.redis_dead_letters import dead_key, purge_dead_letters, read_dead_letters
+from nearline.brokers.redis_dead_letters import purge_dead_letters, read_dead_letters
+from nearline.brokers.redis_keys import GROUP, bell_key, dead_key, stream_key
 from nearline.brokers.redis_lua import SCRIPTS, send_then_complete_args
 from nearline.claim_check import ClaimCheck, RedisBlobs
 from nearline.constants import DEFAULT_LANE, LANES, LEASE_S
 
-#: The consumer group on every lane stream (KEDA's ``consumerGroup``).
-GROUP = "nearline"
 #: Leases longer than this are cut to it; the pending list's idle clock counts down from here.
 LEASE_HORIZON_S = 24 * 3600.0
 #: While other consumers hold leases, an idle receiver looks for expired ones this often.
@@ -76,7 +82,7 @@ RECOVERY_POLL_S = 0.25
 #: ``receive``); a longer one only ever blocks.
 SHORT_WAIT_S = 0.1
 SHORT_POLL_S = 0.002
-#: Longest single XREAD BLOCK: well under redis-py's 5 s socket timeout.
+#: Longest single BLPOP of the bell: well under redis-py's 5 s socket timeout.
 BLOCK_MAX_S = 2.0
 #: The dead-letter stream is capped (approximately) at this many entries: their jobs have
 #: already failed with PoisonMessage; the stream is for operators to inspect.
@@ -91,11 +97,6 @@ _HORIZON_MS = int(LEASE_HORIZON_S * 1000)
 # SCRIPT EXISTS before it), so one message is sent, or settled, with the script alone: the
 # API's every send, and a worker's or lifecycle's lone result at light load.
 T = TypeVar("T")
-
-
-def stream_key(queue: str, lane: str) -> str:
-    """The stream of one lane of ``queue``, e.g. ``nearline-requests:normal``."""
-    return f"{queue}:{lane}"
 
 
 def _depth_args(queue: str) -> tuple[list[str], list[Any]]:
@@ -117,7 +118,7 @@ class RedisBroker(Broker):
         self._scripts = {name: self._redis.register_script(src) for name, src in SCRIPTS.items()}
         self._ready: set[str] = set()
         self._cursors: dict[str, list[str]] = {}
-        self._seen: dict[str, tuple[list[bytes], int]] = {}
+        self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
 
     # -- plumbing -----------------------------------------------------------------------
@@ -191,6 +192,7 @@ class RedisBroker(Broker):
             f"{queue}:msg:{message_id}",
             f"{queue}:expiry",
             self.claim_check.blob_key(queue, message_id),
+            bell_key(queue),
         ]
         blob = "1" if self.claim_check.needed(body) else "0"
         return keys, [message_id, lane, body, blob, ttl, blob_ttl]
@@ -221,55 +223,53 @@ class RedisBroker(Broker):
             return []
         deadline = time.monotonic() + max(wait_s, 0.0)
         lease_ms = max(min(int(lease_s * 1000), _HORIZON_MS), 1)
-        # What the last receive saw at the streams' ends, when it took every new entry: block
-        # on it first instead of looking at streams known to hold nothing new (a round trip).
+        # The length the last receive saw, when it took every new entry: block on the bell
+        # first instead of looking at streams known to hold nothing new (a round trip).
         seen = self._seen.pop(queue, None) if wait_s >= SHORT_WAIT_S else None
         while True:
             if seen is not None:
-                self._block(queue, *seen, deadline - time.monotonic())
-            found, last_ids, length, scanned = self._call(
-                queue, partial(self._lease, queue, max_messages, lease_ms)
-            )
+                self._block(queue, seen, deadline - time.monotonic())
+            found, length, scanned = self._call(queue, partial(self._lease, queue, max_messages, lease_ms))
             if found:
                 if len(found) < max_messages and scanned:
-                    self._seen[queue] = (last_ids, length)
+                    self._seen[queue] = length
                 return self._call(queue, partial(self._deliveries, queue, found))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
             if wait_s < SHORT_WAIT_S:
                 # Redis checks blocked clients' timeouts only `hz` times a second (10 by
-                # default): a 5 ms XREAD BLOCK comes back after ~100 ms. A short wait polls.
+                # default): a 5 ms BLPOP comes back after ~100 ms. A short wait polls.
                 time.sleep(min(remaining, SHORT_POLL_S))
                 continue
-            seen = (last_ids, length)
+            seen = length
 
-    def _block(self, queue: str, last_ids: list[bytes], length: int, remaining: float) -> None:
-        """XREAD BLOCK on the lanes past ``last_ids`` for at most ``remaining`` seconds.
+    def _block(self, queue: str, length: int, remaining: float) -> None:
+        """BLPOP the queue's bell for at most ``remaining`` seconds.
 
-        Leased entries may expire while we wait: look again soon. Otherwise only a new entry can
-        change anything, and XREAD BLOCK wakes on that at once; its timeout may run up to 1/hz
-        late, which a wait this long (the worker's and the lifecycle's idle waits) affords
-        better than polling through its last 100 ms.
+        Every send rings it (one token at most), so one blocked receiver wakes per send, at
+        once; a receive that took as many messages as it could rings it again for the next.
+        Leased entries (``length``) may expire while we wait: look again soon. The timeout may
+        run up to 1/hz late, which a wait this long (the worker's and the lifecycle's idle
+        waits) affords better than polling through its last 100 ms.
         """
         if remaining <= 0:
             return
         pause = min(remaining, BLOCK_MAX_S, RECOVERY_POLL_S if length else BLOCK_MAX_S)
-        keys = [stream_key(queue, lane) for lane in LANES]
-        streams: dict[Any, Any] = dict(zip(keys, last_ids, strict=True))
-        self._call(queue, partial(self._redis.xread, streams, count=1, block=max(int(pause * 1000), 1)))
+        # At least 10 ms: a timeout Redis rounds down to 0 would block for ever.
+        self._call(queue, partial(self._redis.blpop, [bell_key(queue)], timeout=max(pause, 0.01)))
 
-    def _lease(self, queue: str, n: int, lease_ms: int) -> tuple[list[Any], list[bytes], int, bool]:
-        """The receive script: (deliveries, last ids, length, whether every lane's scan for
-        expired leases is complete)."""
+    def _lease(self, queue: str, n: int, lease_ms: int) -> tuple[list[Any], int, bool]:
+        """The receive script: (deliveries, length, whether every lane's scan for expired
+        leases is complete)."""
         cursors = self._cursors.get(queue) or ["0-0"] * len(LANES)
         args: list[Any] = [GROUP, self.consumer, n, lease_ms, _HORIZON_MS, queue]
         for lane, cursor in zip(LANES, cursors, strict=True):
             args += [lane, cursor]
         keys = [stream_key(queue, lane) for lane in LANES]
-        new_cursors, found, last_ids, length = self._script("receive", keys, args)
+        new_cursors, found, length = self._script("receive", keys, args)
         self._cursors[queue] = [c.decode() for c in new_cursors]
-        return found, last_ids, int(length), all(c == "0-0" for c in self._cursors[queue])
+        return found, int(length), all(c == "0-0" for c in self._cursors[queue])
 
     def _deliveries(self, queue: str, found: list[Any]) -> list[Delivery]:
         blob_ids = [row[3].decode() for row in found if row[5] == b"1"]

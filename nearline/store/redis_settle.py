@@ -35,7 +35,7 @@ from nearline.store.redis_lua import FINISH_FUNCTION
 #: every replica).
 HANDOVER_BYTES = 16 * 1024
 
-#: KEYS: each message's ``send`` KEYS (4), then deadlines, finished, outbox, then each job's
+#: KEYS: each message's ``send`` KEYS (5), then deadlines, finished, outbox, then each job's
 #: hash, then each delivery's ``settle`` KEYS (2). ARGV: the number of messages, of jobs, then
 #: each message's ``send`` ARGV (6), then ``finish``'s shared ARGV (updated, retention ms,
 #: channel, slot key prefix, delivery key prefix, pending callback status JSON,
@@ -55,8 +55,8 @@ local function slice(t, from, n)
 end
 
 local m, n = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 0, m - 1 do send(slice(KEYS, 1 + 4 * i, 4), slice(ARGV, 3 + 6 * i, 6)) end
-local k, a = 4 * m, 2 + 6 * m  -- KEYS and ARGV before finish's
+for i = 0, m - 1 do send(slice(KEYS, 1 + 5 * i, 5), slice(ARGV, 3 + 6 * i, 6)) end
+local k, a = 5 * m, 2 + 6 * m  -- KEYS and ARGV before finish's
 local ended = {}
 for i = 1, n do
   local j = a + 7 + (i - 1) * 5

@@ -18,7 +18,7 @@ from typing import Any
 from nearline.brokers.redis_lua import DEPTH_FUNCTION, PRELUDE, SEND_FUNCTION
 from nearline.store.redis_lua import CREATE_FUNCTIONS
 
-#: KEYS: the create functions' (3, or 4 with a slot), then ``send``'s (4), then ``depth``'s.
+#: KEYS: the create functions' (3, or 4 with a slot), then ``send``'s (5), then ``depth``'s.
 #: ARGV: how many of KEYS are the create functions', how many of the rest of ARGV are theirs
 #: and ``send``'s, the depth limit, then the create functions', ``send``'s and ``depth``'s.
 #: Returns {'found', {id, hash}} (a held slot or id: nothing written), {'full', depth}
@@ -36,7 +36,7 @@ local function slice(t, from, to)
 end
 
 local nck, nca, nsa = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ck, sk, dk = slice(KEYS, 1, nck), slice(KEYS, nck + 1, nck + 4), slice(KEYS, nck + 5, #KEYS)
+local ck, sk, dk = slice(KEYS, 1, nck), slice(KEYS, nck + 1, nck + 5), slice(KEYS, nck + 6, #KEYS)
 local ca = slice(ARGV, 5, 4 + nca)
 local sa = slice(ARGV, 5 + nca, 4 + nca + nsa)
 local da = slice(ARGV, 5 + nca + nsa, #ARGV)
