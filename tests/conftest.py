@@ -1,4 +1,9 @@
-"""Shared fixtures: where the example models are, and real servers that must be there in CI."""
+"""Shared fixtures: where the example models are, and real servers that must be there in CI.
+
+The ``nearline serve`` fixtures here are session-scoped because several test files use a server
+started the same way, and each start and stop costs seconds (a worker loading torch). Tests that
+use them only add jobs of their own and never change the server's settings or stop it.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,16 @@ from typing import NoReturn
 
 import pytest
 import redis
+from serving import Server, running_server
 
 from nearline.pipelines.spec import Catalog, load_pipelines
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: For servers whose tests load steps from this repository (``tests/``, ``nearline.examples``).
+REPO_ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+#: The API key that :func:`memory_idle_server` requires.
+IDLE_KEY = "k1"
 
 
 def unavailable(name: str, reason: str) -> NoReturn:
@@ -70,3 +80,28 @@ def pipelines_file() -> Path:
 def catalog(pipelines_file: Path) -> Catalog:
     """The example pipelines, loaded (schemas only; no models)."""
     return load_pipelines(pipelines_file)
+
+
+@pytest.fixture(scope="session")
+def example_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
+    """``nearline serve`` as ``make run`` starts it: SQLite, one worker, the example pipelines
+    (test_api.py and test_readme.py)."""
+    with running_server(tmp_path_factory.mktemp("example-serve")) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def memory_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
+    """``nearline serve --broker memory://`` with its worker (test_client.py, test_client_cli.py)."""
+    with running_server(tmp_path_factory.mktemp("memory-serve"), "--broker", "memory://", env=REPO_ENV) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def memory_idle_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
+    """``memory://``, no workers (jobs stay Pending) and the key :data:`IDLE_KEY` required
+    (test_client.py, test_client_cli.py)."""
+    env = {**REPO_ENV, "NEARLINE_API_KEYS": IDLE_KEY}
+    args = ("--broker", "memory://", "--no-workers")
+    with running_server(tmp_path_factory.mktemp("memory-idle"), *args, env=env) as s:
+        yield s

@@ -19,6 +19,30 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: A pipelines file with the example ``identity`` pipeline only. A server given it (``--pipelines``)
+#: starts its workers without torch or models: ~2 s less to start and ~0.5 s less to stop than with
+#: the example pipelines, for tests that only need a job to run.
+IDENTITY_ONLY = """\
+pipelines:
+  identity:
+    input_schema: {type: object}
+    deployment:
+      name: v1
+      steps:
+        - name: identity
+          function: "nearline.examples.identity:identity"
+          batch: true
+"""
+
+
+def identity_pipelines(folder: Path) -> Path:
+    """Write :data:`IDENTITY_ONLY` into ``folder`` (made if missing); return the file's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "identity-pipelines.yaml"
+    path.write_text(IDENTITY_ONLY)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

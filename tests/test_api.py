@@ -86,9 +86,9 @@ STATUS_KEYS = set(status_document(JobRecord("x", "p", None)))
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("serve")) as s:
-        yield s
+def server(example_server: Server) -> Server:
+    """The session's default ``nearline serve`` (conftest.py; test_readme.py's too)."""
+    return example_server
 
 
 @pytest.fixture(scope="module")

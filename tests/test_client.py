@@ -1,20 +1,19 @@
 """The client against real ``nearline serve`` subprocesses (memory:// broker).
 
-Two servers per module: ``server`` scores jobs; ``idle`` runs no workers (jobs stay Pending
-until they are terminated or their deadline passes) and requires the key ``k1``.
+Two servers, shared with test_client_cli.py (conftest.py): ``server`` scores jobs; ``idle`` runs
+no workers (jobs stay Pending until they are terminated or their deadline passes) and requires
+the key ``k1``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from serving import Server, free_port, running_server
+from conftest import IDLE_KEY
+from serving import Server, free_port
 
 from nearline.client import (
     ApiBadRequest,
@@ -32,25 +31,20 @@ from nearline.client import (
 )
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-KEY = "k1"
+KEY = IDLE_KEY
 PIXELS = [float((i * 7) % 17) for i in range(64)]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("serve"), "--broker", "memory://", env=ENV) as s:
-        yield s
+def server(memory_server: Server) -> Server:
+    """The session's ``memory://`` server with a worker (conftest.py; test_client_cli.py's too)."""
+    return memory_server
 
 
 @pytest.fixture(scope="module")
-def idle(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
-    env = {**ENV, "NEARLINE_API_KEYS": KEY}
-    with running_server(
-        tmp_path_factory.mktemp("idle"), "--broker", "memory://", "--no-workers", env=env
-    ) as s:
-        yield s
+def idle(memory_idle_server: Server) -> Server:
+    """The session's ``memory://`` server with no workers, requiring :data:`KEY` (conftest.py)."""
+    return memory_idle_server
 
 
 class CountingTransport(httpx.HTTPTransport):

@@ -8,33 +8,29 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving import Server, free_port, running_server
+from conftest import IDLE_KEY, REPO_ENV
+from serving import Server, free_port
 
 from nearline.client_cli import Progress, pipeline_table
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-KEY = "k1"
+ENV = REPO_ENV
+KEY = IDLE_KEY
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("serve"), "--broker", "memory://", env=ENV) as s:
-        yield s
+def server(memory_server: Server) -> Server:
+    """The session's ``memory://`` server with a worker (conftest.py; test_client.py's too)."""
+    return memory_server
 
 
 @pytest.fixture(scope="module")
-def idle(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
-    """No workers (jobs stay Pending) and the key ``k1`` required."""
-    env = {**ENV, "NEARLINE_API_KEYS": KEY}
-    args = ("--broker", "memory://", "--no-workers")
-    with running_server(tmp_path_factory.mktemp("idle"), *args, env=env) as s:
-        yield s
+def idle(memory_idle_server: Server) -> Server:
+    """No workers (jobs stay Pending) and the key ``k1`` required: the session's (conftest.py)."""
+    return memory_idle_server
 
 
 def nearline(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

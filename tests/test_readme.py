@@ -6,11 +6,10 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving import Server, running_server
+from serving import Server
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +19,9 @@ BLOCKS = BLOCK.findall(README.read_text())
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("readme")) as s:
-        yield s
+def server(example_server: Server) -> Server:
+    """The session's default ``nearline serve``, as ``make run`` starts it (conftest.py)."""
+    return example_server
 
 
 def test_the_readme_starts_with_the_two_commands() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving import running_server, start_server, stop_server
+from serving import identity_pipelines, running_server, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -75,12 +75,13 @@ def test_kill_9_with_jobs_in_flight_then_restart_loses_nothing(tmp_path: Path) -
 
 
 def test_a_job_terminated_before_a_worker_takes_it_is_never_scored(tmp_path: Path) -> None:
-    with running_server(tmp_path, "--no-workers") as idle:
+    only = ("--pipelines", str(identity_pipelines(tmp_path)))  # no torch: seconds less per server
+    with running_server(tmp_path, "--no-workers", *only) as idle:
         victim = httpx.post(f"{idle.url}/api/score/identity", json={"input": {"v": 1}}).json()
         keeper = httpx.post(f"{idle.url}/api/score/identity", json={"input": {"k": 1}}).json()
         assert httpx.post(f"{idle.url}/api/jobs/{victim['id']}/terminate?reason=no").status_code == 202
     # Same data dir, now with a worker: the queued message of the terminated job is skipped.
-    with running_server(tmp_path, "--workers", "1") as s:
+    with running_server(tmp_path, "--workers", "1", *only) as s:
         docs = wait_terminal(s.url, [keeper["id"], victim["id"]], timeout=60)
         assert docs[keeper["id"]]["runtimeStatus"] == "Completed"
         assert docs[victim["id"]]["runtimeStatus"] == "Terminated" and docs[victim["id"]]["output"] == "no"

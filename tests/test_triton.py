@@ -434,15 +434,23 @@ def test_load_refuses_a_model_served_with_other_tensors(
 # -- a Triton outage under a worker ----------------------------------------------------------
 
 
-@pytest.fixture
-def outage_triton(models_dir: Path) -> Iterator[TritonProcess]:
-    """A Triton of this test's own (digits only, separate ports) that the test stops and restarts."""
+@pytest.fixture(scope="module")
+def outage_triton_process(models_dir: Path) -> Iterator[TritonProcess]:
+    """A Triton of these tests' own (digits only, separate ports), stopped for sure at the end."""
     server = TritonProcess(models_dir, models=["digits"])
     try:
-        server.start()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def outage_triton(outage_triton_process: TritonProcess) -> TritonProcess:
+    """That Triton, running, for a test to stop and restart. Shared: a test that leaves it
+    running (stopped, then started again) saves the next one a start of several seconds."""
+    if not outage_triton_process.running:
+        outage_triton_process.start()
+    return outage_triton_process
 
 
 def start_worker(

@@ -96,6 +96,11 @@ class TritonProcess:
             unavailable(TRITON, f"Triton did not start: {exc.message}")
         self.served, self._stack = server.models, stack
 
+    @property
+    def running(self) -> bool:
+        """Started and not stopped since."""
+        return self._stack is not None
+
     def stop(self) -> None:
         if self._stack is not None:
             stack, self._stack = self._stack, None
