@@ -178,8 +178,12 @@ class Jobs(abc.ABC):
         """The job's record; raises :class:`~nearline.errors.JobNotFound`."""
 
     @abc.abstractmethod
-    async def wait(self, job_id: str, timeout: float) -> JobRecord:
-        """The job's record once it has ended, or as it is after ``timeout`` seconds."""
+    async def wait(self, job_id: str, timeout: float, known: JobRecord | None = None) -> JobRecord:
+        """The job's record once it has ended, or as it is after ``timeout`` seconds.
+
+        ``known``: the record :meth:`submit` just created, when the caller waits for the job it
+        submitted; an implementation may then skip reading it first.
+        """
 
     @abc.abstractmethod
     async def terminate(self, job_id: str, reason: str = "") -> JobRecord | None:

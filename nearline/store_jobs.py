@@ -126,11 +126,19 @@ class StoreJobs(Jobs):
             raise JobNotFound(f"no job with id {job_id!r}")
         return job
 
-    async def wait(self, job_id: str, timeout: float) -> JobRecord:
-        """Wakes as soon as the store reports the job's end (no polling loop here)."""
-        fut = self.store.waiters.register(job_id)
+    async def wait(self, job_id: str, timeout: float, known: JobRecord | None = None) -> JobRecord:
+        """Wakes as soon as the store reports the job's end (no polling loop here).
+
+        ``known``: the job as its submit just created it. Where the store hears every end
+        since then (:meth:`~nearline.waiters.Waiters.hears_every_end`: Redis), the read before
+        the wait is skipped: an end in between is remembered by the waiters. Elsewhere, and for
+        any other job, the record is read after registering.
+        """
+        waiters = self.store.waiters
+        fut = waiters.register(job_id)
         try:
-            job = await self.get(job_id)
+            fresh = known is not None and known.id == job_id and waiters.hears_every_end(known.created)
+            job = known if fresh and known is not None else await self.get(job_id)
             if job.status.terminal or timeout <= 0:
                 return job
             with contextlib.suppress(TimeoutError):

@@ -3,17 +3,28 @@
 Stores call :meth:`Waiters.notify` when a job reaches a terminal state in this process; the
 Redis store also calls it for transitions other replicas publish. Handlers register *before*
 re-reading the record, so a notification between the read and the wait is never missed.
+
+The ids notified in the last :data:`RECENT_S` are remembered: a register for one of them
+resolves at once. Where the store's notifications cover every end (:meth:`Waiters.hears_every_end`:
+Redis, once subscribed), a wait for a job just created needs no read before it at all: an end
+between the create and the register is remembered (``StoreJobs.wait``'s ``known``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from nearline.jobs import JobRecord
+
+
+#: How long a notified id is remembered (a register for it resolves at once): far longer than
+#: the milliseconds between a job's create and its waiter's register.
+RECENT_S = 5.0
 
 
 class Waiters:
@@ -24,14 +35,27 @@ class Waiters:
         self._futures: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = defaultdict(
             list
         )
+        self._recent: dict[str, float] = {}  # id → when notified (monotonic), oldest first
 
     def register(self, job_id: str) -> asyncio.Future[None]:
-        """A future that resolves when ``job_id`` is notified. Call from a running loop."""
+        """A future that resolves when ``job_id`` is notified, at once if it was notified in the
+        last :data:`RECENT_S` (or before: expired ids go on the next notify; a job ends once, so
+        an old one resolving at once is right too). Call from a running loop."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            self._futures[job_id].append((loop, fut))
+            if job_id in self._recent:
+                fut.set_result(None)
+            else:
+                self._futures[job_id].append((loop, fut))
         return fut
+
+    def hears_every_end(self, since: float) -> bool:
+        """Whether every end of a job since ``since`` (epoch seconds) was or will be notified
+        here, so that a waiter registered after a job created at ``since`` needs no read of its
+        record first. False here: a store that ends jobs in other processes (SQLite) tells
+        waiters through re-reads."""
+        return False
 
     def discard(self, job_id: str, fut: asyncio.Future[None]) -> None:
         with self._lock:
@@ -41,9 +65,17 @@ class Waiters:
                 self._futures.pop(job_id, None)
 
     def notify(self, job_id: str) -> None:
-        """Wake everyone waiting on ``job_id``. Safe from any thread."""
+        """Wake everyone waiting on ``job_id``, and remember it for a while. Safe from any thread."""
+        now = time.monotonic()
         with self._lock:
             entries = self._futures.pop(job_id, [])
+            self._recent.pop(job_id, None)  # to the end: the dict is kept oldest first
+            self._recent[job_id] = now
+            while self._recent:  # drop the expired, oldest first
+                oldest = next(iter(self._recent))
+                if now - self._recent[oldest] <= RECENT_S:
+                    break
+                del self._recent[oldest]
         for loop, fut in entries:
             loop.call_soon_threadsafe(_resolve, fut)
 

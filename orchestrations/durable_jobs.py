@@ -160,7 +160,7 @@ class DurableJobs(Jobs):
     async def get(self, job_id: str) -> JobRecord:
         return await self.wait(job_id, 0.0)
 
-    async def wait(self, job_id: str, timeout: float) -> JobRecord:
+    async def wait(self, job_id: str, timeout: float, known: JobRecord | None = None) -> JobRecord:
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout
         pause = POLL_FIRST_S

@@ -130,7 +130,7 @@ def count(url: str, db: int, jobs: int) -> tuple[Counter[str], int]:
 
     async def one(i: int) -> None:
         job, _ = await front.submit("identity", b'{"input": {"i": %d}}' % i)
-        done = await front.wait(job.id, 10.0)
+        done = await front.wait(job.id, 10.0, job)  # as POST ...?wait= does: the job it created
         assert done.status.terminal, done
         await asyncio.sleep(0.02)  # the settles after the answer (worker's, lifecycle's) land
 

@@ -226,12 +226,15 @@ def test_finish_from_another_thread_wakes_a_waiter(store: StatusStore) -> None:
             await asyncio.wait_for(fut, timeout=5)
         finally:
             finisher.join()
-        # A finish that loses the compare-and-set notifies nobody.
+        # A waiter that comes after the end is woken at once (the end is remembered)...
         late = store.waiters.register(j.id)
+        assert late.done()
+        # ...and a finish that loses the compare-and-set notifies nobody.
+        told: list[str] = []
+        remove = store.on_finish(told.append)
         assert store.finish(j.id, JobStatus.FAILED, None, T0 + 2) is False
-        await asyncio.sleep(0.01)
-        assert not late.done()
-        store.waiters.discard(j.id, late)
+        remove()
+        assert told == []
 
     asyncio.run(main())
     assert store.waiters.waiting() == 0

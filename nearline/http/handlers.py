@@ -126,7 +126,7 @@ class Handlers:
             self.api_metrics.submitted.labels(pipeline).inc()
             self.api_metrics.hops.submitted(job, started)
         if wait is not None:
-            job = job if job.status.terminal else await self._current(job.id, wait)
+            job = job if job.status.terminal else await self._current(job.id, wait, job if created else None)
             if job.status.terminal:
                 return Response(200, status_document(job), _deployment_header(job))
         headers = {**self._poll_headers(request, job.id), **_deployment_header(job)}
@@ -223,16 +223,17 @@ class Handlers:
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _current(self, job_id: str, wait: float | None) -> JobRecord:
-        """The job as it is now, or, with ``wait``, once it ends or the wait runs out."""
+    async def _current(self, job_id: str, wait: float | None, known: JobRecord | None = None) -> JobRecord:
+        """The job as it is now, or, with ``wait``, once it ends or the wait runs out (``known``:
+        the job as this request just created it)."""
         if not wait:
             return await self.jobs.get(job_id)
         if self.api_metrics is None:
-            return await self.jobs.wait(job_id, wait)
+            return await self.jobs.wait(job_id, wait, known)
         started = time.time()
         self.api_metrics.waiting.inc()
         try:
-            job = await self.jobs.wait(job_id, wait)
+            job = await self.jobs.wait(job_id, wait, known)
         finally:
             self.api_metrics.waiting.dec()
         self.api_metrics.hops.answered(job, started)

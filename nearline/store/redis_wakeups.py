@@ -21,6 +21,11 @@ and values, handed over the same way to a waiter here.
 If the connection drops, redis-py reconnects and subscribes again; announcements made in
 between are gone, so on every re-subscription the jobs still being waited for are looked up
 and the ended ones notified (``catch_up``). ``close`` stops the thread.
+
+Every end is heard from the subscription's confirmation on (:meth:`Wakeups.hears_every_end`):
+an announcement is notified, and remembered (:mod:`nearline.waiters`) if nobody waits yet; an
+end lost while the connection was down is caught up for every waiter registered before the
+new subscription, and a job created before it is read, not trusted to be heard.
 """
 
 from __future__ import annotations
@@ -87,6 +92,8 @@ class Wakeups(Waiters):
         self._pubsub: Any = None
         self._thread: threading.Thread | None = None
         self._handed: dict[str, tuple[float, JobRecord]] = {}
+        #: When the current subscription was confirmed (epoch seconds); None: not subscribed.
+        self._subscribed_at: float | None = None
 
     def announcement(self, job_id: str) -> str:
         """What ``finish`` publishes for ``job_id``."""
@@ -133,8 +140,15 @@ class Wakeups(Waiters):
                 pubsub.close()
                 raise BrokerError(f"redis store: Redis did not confirm the subscription to {self.channel}")
             self._pubsub = pubsub
+            self._subscribed_at = time.time()
             self._thread = threading.Thread(target=self._listen, name="redis-store-wakeups", daemon=True)
             self._thread.start()
+
+    def hears_every_end(self, since: float) -> bool:
+        """True when subscribed since before ``since``: an end after it is notified here (or,
+        if the connection dropped, caught up for the waiters registered by then)."""
+        subscribed = self._subscribed_at
+        return subscribed is not None and subscribed <= since and not self._stop.is_set()
 
     def waited(self) -> list[str]:
         """Ids someone in this process is waiting for."""
@@ -146,6 +160,7 @@ class Wakeups(Waiters):
             try:
                 msg = self._pubsub.get_message(timeout=POLL_S)
                 if msg and msg.get("type") == "subscribe":  # again, after a reconnect
+                    self._subscribed_at = time.time()  # before the catch-up's snapshot of waiters
                     for job_id in self._catch_up(self.waited()):
                         self.notify(job_id)
                 elif msg and msg.get("type") == "message":
