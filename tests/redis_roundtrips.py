@@ -54,6 +54,11 @@ def script_names() -> dict[str, str]:
     except ImportError:  # before the worker ended jobs itself
         return scripts
     scripts[hashlib.sha1(SETTLE_ENDED.encode()).hexdigest()] = "settle_ended"
+    try:
+        from nearline.store.redis_receive import RECEIVE_STARTED
+    except ImportError:  # before a worker's receive started its jobs
+        return scripts
+    scripts[hashlib.sha1(RECEIVE_STARTED.encode()).hexdigest()] = "receive_started"
     return scripts
 
 

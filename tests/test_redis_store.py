@@ -188,10 +188,11 @@ def test_a_replica_acts_on_announcements_from_others_only(
         own = a.waiters.register(j.id)
         a.finish(j.id, JobStatus.COMPLETED, {}, time.time())  # wakes A's waiters directly
         await asyncio.wait_for(own, timeout=1)
-        # A's own announcement reaches its subscriber after this register: it must wake nobody
-        # (the contract: a finish that loses the compare-and-set, or a later wait, is not woken).
-        late = a.waiters.register(j.id)
-        r.publish(CHANNEL, a.waiters.announcement(j.id))
+        # An announcement with A's own origin reaches its subscriber: it must wake nobody (A
+        # notifies its own ends directly; a finish that lost the compare-and-set announces
+        # nothing). "other" is a job A did not end, so only the announcement could wake it.
+        late = a.waiters.register("other")
+        r.publish(CHANNEL, a.waiters.announcement("other"))
         # A barrier, not a sleep: A handles announcements in order and wakes futures in order,
         # so once another replica's announcement published after it has woken its waiter, A's
         # own has been handled.
@@ -199,7 +200,7 @@ def test_a_replica_acts_on_announcements_from_others_only(
         r.publish(CHANNEL, "barrier another-replica")
         await asyncio.wait_for(barrier, timeout=2)
         assert not late.done()
-        r.publish(CHANNEL, f"{j.id} another-replica")
+        r.publish(CHANNEL, "other another-replica")
         await asyncio.wait_for(late, timeout=2)
 
     asyncio.run(main())

@@ -44,6 +44,10 @@ class Delivery:
     delivery_count: int
     lease_token: str
     enqueued_at: float
+    #: The status its job had when this receive leased it, where the receive also started the
+    #: job (marked it Running: Redis with its status store, :mod:`nearline.store.redis_receive`);
+    #: "" when the job's record was absent; None where the receive did not look.
+    job_status: str | None = None
 
 
 @dataclass(frozen=True)

@@ -84,72 +84,84 @@ return send(KEYS, ARGV)
 """
 )
 
-#: KEYS: the lane streams, highest lane first. ARGV: group, consumer, max messages, lease ms,
-#: horizon ms, queue prefix, then per lane its name and XAUTOCLAIM cursor.
+#: ``receive(KEYS, ARGV)``: KEYS: the lane streams, highest lane first. ARGV: group, consumer,
+#: max messages, lease ms, horizon ms, queue prefix, then per lane its name and XAUTOCLAIM
+#: cursor (ARGV past those are left to the caller: the status store's receive that also
+#: starts the jobs, :mod:`nearline.store.redis_receive`, leases with this function too).
 #: Returns {cursors, deliveries, length}; a delivery is {lane index, entry id, delivery count,
 #: message id, body, "1" if the body is a blob}. The length (entries waiting or leased) whenever
 #: fewer than max messages were delivered (every new entry was taken): the caller blocks on the
 #: bell, now or on its next receive, with no empty look first. When max messages were delivered
 #: more may wait: the bell is rung for another receiver.
-RECEIVE = """
-local group, consumer, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local horizon, prefix = tonumber(ARGV[5]), ARGV[6]
-local idle = tostring(horizon - tonumber(ARGV[4]))
-local now = now_ms()
-local out, cursors = {}, {}
+RECEIVE_FUNCTION = """
+local function receive(KEYS, ARGV)
+  local group, consumer, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+  local horizon, prefix = tonumber(ARGV[5]), ARGV[6]
+  local idle = tostring(horizon - tonumber(ARGV[4]))
+  local now = now_ms()
+  local out, cursors = {}, {}
 
--- Lease what was read: drop expired entries, set the rest's idle clock to the lease.
-local function take(i, lane, entries, counts)
-  -- XCLAIM key group consumer 0 <ids...> IDLE <ms> JUSTID (unpack must come last in Lua)
-  local ids = {KEYS[i], group, consumer, 0}
-  for j, e in ipairs(entries) do
-    local f = fields_of(e[2])
-    local mid = f['id'] or e[1]
-    if f['exp'] and tonumber(f['exp']) <= now then
-      drop(prefix, group, lane, e[1], mid)
-    else
-      table.insert(ids, e[1])
-      table.insert(out, {i, e[1], counts[j], mid, f['body'] or '', f['blob'] or '0'})
+  -- Lease what was read: drop expired entries, set the rest's idle clock to the lease.
+  local function take(i, lane, entries, counts)
+    -- XCLAIM key group consumer 0 <ids...> IDLE <ms> JUSTID (unpack must come last in Lua)
+    local ids = {KEYS[i], group, consumer, 0}
+    for j, e in ipairs(entries) do
+      local f = fields_of(e[2])
+      local mid = f['id'] or e[1]
+      if f['exp'] and tonumber(f['exp']) <= now then
+        drop(prefix, group, lane, e[1], mid)
+      else
+        table.insert(ids, e[1])
+        table.insert(out, {i, e[1], counts[j], mid, f['body'] or '', f['blob'] or '0'})
+      end
+    end
+    if #ids > 4 then
+      table.insert(ids, 'IDLE'); table.insert(ids, idle); table.insert(ids, 'JUSTID')
+      redis.call('XCLAIM', unpack(ids))
     end
   end
-  if #ids > 4 then
-    table.insert(ids, 'IDLE'); table.insert(ids, idle); table.insert(ids, 'JUSTID')
-    redis.call('XCLAIM', unpack(ids))
-  end
-end
 
-for i = 1, #KEYS do
-  local lane, cursor = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
-  -- Expired leases (dead consumers, given-back messages) first: they are the oldest.
+  for i = 1, #KEYS do
+    local lane, cursor = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+    -- Expired leases (dead consumers, given-back messages) first: they are the oldest.
+    if #out < n then
+      local r = redis.call('XAUTOCLAIM', KEYS[i], group, consumer, horizon, cursor, 'COUNT', n - #out)
+      cursor = r[1]
+      local counts = {}
+      for j, e in ipairs(r[2]) do
+        counts[j] = tonumber(redis.call('XPENDING', KEYS[i], group, e[1], e[1], 1)[1][4])
+      end
+      take(i, lane, r[2], counts)
+    end
+    cursors[i] = cursor
+    while #out < n do
+      local want = n - #out
+      local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want, 'STREAMS', KEYS[i], '>')
+      if not r then break end
+      local entries, counts = r[1][2], {}
+      for j = 1, #entries do counts[j] = 1 end
+      take(i, lane, entries, counts)
+      if #entries < want then break end
+    end
+  end
+
+  local length = 0
   if #out < n then
-    local r = redis.call('XAUTOCLAIM', KEYS[i], group, consumer, horizon, cursor, 'COUNT', n - #out)
-    cursor = r[1]
-    local counts = {}
-    for j, e in ipairs(r[2]) do
-      counts[j] = tonumber(redis.call('XPENDING', KEYS[i], group, e[1], e[1], 1)[1][4])
-    end
-    take(i, lane, r[2], counts)
+    for i = 1, #KEYS do length = length + redis.call('XLEN', KEYS[i]) end
+  else
+    ring(prefix .. ':bell')
   end
-  cursors[i] = cursor
-  while #out < n do
-    local want = n - #out
-    local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want, 'STREAMS', KEYS[i], '>')
-    if not r then break end
-    local entries, counts = r[1][2], {}
-    for j = 1, #entries do counts[j] = 1 end
-    take(i, lane, entries, counts)
-    if #entries < want then break end
-  end
+  return {cursors, out, length}
 end
-
-local length = 0
-if #out < n then
-  for i = 1, #KEYS do length = length + redis.call('XLEN', KEYS[i]) end
-else
-  ring(prefix .. ':bell')
-end
-return {cursors, out, length}
 """
+
+#: KEYS and ARGV: those of ``receive``.
+RECEIVE = (
+    RECEIVE_FUNCTION
+    + """
+return receive(KEYS, ARGV)
+"""
+)
 
 #: ``settle(K, A)``: K: lane stream, dead-letter stream. A: group, op (complete|abandon|dead),
 #: entry id, delivery count, consumer, horizon ms, queue prefix, lane, message id, reason (dead),

@@ -120,6 +120,7 @@ class RedisBroker(Broker):
         self._cursors: dict[str, list[str]] = {}
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._leasing: dict[str, list[str]] = {}  # queue → lease_with's extra ARGV
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -259,31 +260,37 @@ class RedisBroker(Broker):
         # At least 10 ms: a timeout Redis rounds down to 0 would block for ever.
         self._call(queue, partial(self._redis.blpop, [bell_key(queue)], timeout=max(pause, 0.01)))
 
+    def lease_with(self, queue: str, source: str, extra_args: list[str]) -> None:
+        """Lease from ``queue`` with ``source`` from now on, a script of another module built on
+        the ``receive`` function that takes ``extra_args`` after its own and answers a fourth
+        list, one string (or nil) per delivery, kept as its ``job_status`` (the status store's
+        receive that also starts the jobs, :mod:`nearline.store.redis_receive`)."""
+        self._scripts[f"lease:{queue}"] = self._redis.register_script(source)
+        self._leasing[queue] = list(extra_args)
+
     def _lease(self, queue: str, n: int, lease_ms: int) -> tuple[list[Any], int, bool]:
         """The receive script: (deliveries, length, whether every lane's scan for expired
-        leases is complete)."""
+        leases is complete); a delivery's row carries its job status last when leased
+        :meth:`lease_with` a script that answers one."""
         cursors = self._cursors.get(queue) or ["0-0"] * len(LANES)
         args: list[Any] = [GROUP, self.consumer, n, lease_ms, _HORIZON_MS, queue]
         for lane, cursor in zip(LANES, cursors, strict=True):
             args += [lane, cursor]
         keys = [stream_key(queue, lane) for lane in LANES]
-        new_cursors, found, length = self._script("receive", keys, args)
+        extra = self._leasing.get(queue)
+        script = "receive" if extra is None else f"lease:{queue}"
+        new_cursors, found, length, *statuses = self._script(script, keys, args + (extra or []))
+        if statuses:
+            found = [[*row, status] for row, status in zip(found, statuses[0], strict=True)]
         self._cursors[queue] = [c.decode() for c in new_cursors]
         return found, int(length), all(c == "0-0" for c in self._cursors[queue])
 
     def _deliveries(self, queue: str, found: list[Any]) -> list[Delivery]:
         blob_ids = [row[3].decode() for row in found if row[5] == b"1"]
-        blobs = dict(
-            zip(
-                blob_ids,
-                self.claim_check.fetch(
-                    RedisBlobs(self._redis), [self.claim_check.blob_key(queue, m) for m in blob_ids]
-                ),
-                strict=True,
-            )
-        )
+        blob_keys = [self.claim_check.blob_key(queue, m) for m in blob_ids]
+        blobs = dict(zip(blob_ids, self.claim_check.fetch(RedisBlobs(self._redis), blob_keys), strict=True))
         out = []
-        for lane_index, entry, count, raw_id, body, is_blob in found:
+        for lane_index, entry, count, raw_id, body, is_blob, *status in found:
             message_id, entry_id = raw_id.decode(), entry.decode()
             if is_blob == b"1":
                 # A blob gone (deleted by hand) leaves an empty body: the receiver's own check
@@ -298,6 +305,7 @@ class RedisBroker(Broker):
                     delivery_count=int(count),
                     lease_token=f"{entry_id}/{count}/{self.consumer}",
                     enqueued_at=int(entry_id.partition("-")[0]) / 1000,
+                    job_status=(status[0] or b"").decode() if status else None,
                 )
             )
         return out

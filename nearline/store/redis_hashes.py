@@ -49,6 +49,7 @@ from nearline.settings import RedisSettings
 from nearline.store.base import CallbackDelivery, Enqueue, Settle, StatusStore
 from nearline.store.outcomes_redis import RedisOutcomes
 from nearline.store.redis_lua import SCRIPTS
+from nearline.store.redis_receive import RECEIVE_STARTED
 from nearline.store.redis_settle import HANDOVER_BYTES, SETTLE_ENDED, settle_ended_args
 from nearline.store.redis_submit import SUBMIT, submit_args
 from nearline.store.redis_wakeups import Wakeups, channel_for
@@ -251,6 +252,12 @@ class RedisStore(StatusStore):
 
     def settles_with(self, broker: Broker) -> bool:
         return isinstance(broker, RedisBroker) and broker.same_database(self._redis)
+
+    def start_on_receive(self, broker: Broker, queue: str) -> bool:
+        if not isinstance(broker, RedisBroker) or not broker.same_database(self._redis):
+            return False
+        broker.lease_with(queue, RECEIVE_STARTED, [JOB_PREFIX])
+        return True
 
     def settle_ended(self, settle: Settle) -> list[Delivery]:
         """A worker's batch in one script (:mod:`nearline.store.redis_settle`); each job's end

@@ -111,19 +111,29 @@ end
 return 0
 """
 
+#: ``start(key, updated)``: the job's status as it was (false when absent), and a Pending job
+#: moved to Running. A function, so that a worker's receive starts its jobs with it too
+#: (:mod:`nearline.store.redis_receive`).
+START_FUNCTION = """
+local function start(key, updated)
+  local status = redis.call('HGET', key, 'status')
+  if status == 'Pending' then
+    redis.call('HSET', key, 'status', 'Running', 'updated', updated)
+  end
+  return status
+end
+"""
+
 #: KEYS: job hashes. ARGV: updated. Returns each job's status (nil when absent) as it was, and
 #: moves the Pending ones to Running: the worker's liveness check in one step.
-START_JOBS = """
+START_JOBS = (
+    START_FUNCTION
+    + """
 local found = {}
-for i, key in ipairs(KEYS) do
-  local status = redis.call('HGET', key, 'status')
-  found[i] = status
-  if status == 'Pending' then
-    redis.call('HSET', key, 'status', 'Running', 'updated', ARGV[1])
-  end
-end
+for i, key in ipairs(KEYS) do found[i] = start(key, ARGV[1]) end
 return found
 """
+)
 
 #: ``outcome(key, id, status, updated)``: the ended job's entry in its endpoint's outcomes log
 #: (:mod:`nearline.store.outcomes_redis`), the log trimmed to its span and given it as TTL.

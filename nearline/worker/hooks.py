@@ -8,6 +8,7 @@ reason; the worker computes only what is left. Metrics observe batches from the 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -109,8 +110,13 @@ class Liveness:
         if not live:
             return
         # One store call reads the statuses and marks the Pending ones Running (one round trip
-        # on Redis): a terminal job is left as it was, and skipped here.
-        statuses = self.store.start_jobs((w.message.id for w in live if w.message), time.time())
+        # on Redis): a terminal job is left as it was, and skipped here. Where the receive did
+        # that already (StatusStore.start_on_receive), its reading is used.
+        statuses: Mapping[str, JobStatus | None]
+        if all(w.delivery.job_status is not None for w in live):
+            statuses = {w.delivery.message_id: _status(w.delivery.job_status) for w in live}
+        else:
+            statuses = self.store.start_jobs((w.message.id for w in live if w.message), time.time())
         for w in live:
             assert w.message is not None
             status = statuses.get(w.message.id)
@@ -149,3 +155,8 @@ def default_hooks(
 
 
 __all__ = ["Deadlines", "Hook", "JobStatus", "Liveness", "Poison", "Tombstoned", "Work", "default_hooks"]
+
+
+def _status(read: str | None) -> JobStatus | None:
+    """A job status as a receive read it ("" or None: the record is gone)."""
+    return JobStatus(read) if read else None

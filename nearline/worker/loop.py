@@ -106,6 +106,8 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
         self.metrics = metrics or WorkerMetrics()
         self.store = store
+        if store is not None:  # where it can, the receive also starts the jobs (Liveness uses it)
+            store.start_on_receive(broker, self.config.request_queue)
         self.hooks = list(hooks) if hooks is not None else default_hooks(self.config.max_deliveries, store)
         #: Set while the worker runs and its broker answers (``/readyz``).
         self.ready = threading.Event()
