@@ -27,6 +27,13 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The n items of t from index from: a script's KEYS or ARGV for one of its functions.
+local function slice(t, from, n)
+  local out = {}
+  for i = from, from + n - 1 do out[#out + 1] = t[i] end
+  return out
+end
+
 local function fields_of(flat)
   local f = {}
   for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
@@ -210,12 +217,6 @@ SEND_THEN_COMPLETE = (
     SEND_FUNCTION
     + SETTLE_FUNCTION
     + """
-local function slice(t, from, n)
-  local out = {}
-  for i = from, from + n - 1 do out[#out + 1] = t[i] end
-  return out
-end
-
 local m = tonumber(ARGV[1])
 for i = 0, m - 1 do send(slice(KEYS, 1 + 5 * i, 5), slice(ARGV, 2 + 6 * i, 6)) end
 local done = {}

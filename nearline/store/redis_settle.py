@@ -48,12 +48,6 @@ SETTLE_ENDED = (
     + SETTLE_FUNCTION
     + FINISH_FUNCTION
     + """
-local function slice(t, from, n)
-  local out = {}
-  for i = from, from + n - 1 do out[#out + 1] = t[i] end
-  return out
-end
-
 local m, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 for i = 0, m - 1 do send(slice(KEYS, 1 + 5 * i, 5), slice(ARGV, 3 + 6 * i, 6)) end
 local k, a = 5 * m, 2 + 6 * m  -- KEYS and ARGV before finish's

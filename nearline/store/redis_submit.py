@@ -29,17 +29,11 @@ SUBMIT = (
     + SEND_FUNCTION
     + DEPTH_FUNCTION
     + """
-local function slice(t, from, to)
-  local out = {}
-  for i = from, to do out[#out + 1] = t[i] end
-  return out
-end
-
 local nck, nca, nsa = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ck, sk, dk = slice(KEYS, 1, nck), slice(KEYS, nck + 1, nck + 5), slice(KEYS, nck + 6, #KEYS)
-local ca = slice(ARGV, 5, 4 + nca)
-local sa = slice(ARGV, 5 + nca, 4 + nca + nsa)
-local da = slice(ARGV, 5 + nca + nsa, #ARGV)
+local ck, sk, dk = slice(KEYS, 1, nck), slice(KEYS, nck + 1, 5), slice(KEYS, nck + 6, #KEYS - nck - 5)
+local ca = slice(ARGV, 5, nca)
+local sa = slice(ARGV, 5 + nca, nsa)
+local da = slice(ARGV, 5 + nca + nsa, #ARGV - 4 - nca - nsa)
 local found = create_found(ck, ca)
 if found then return {'found', found} end
 local d = depth(dk, da)
