@@ -227,15 +227,10 @@ class RedisStore(StatusStore):
         """Every :meth:`finish` of a chunk of :data:`CHUNK` in one script (one round trip); the
         ended record of a job someone here waits for is handed over (:mod:`redis_wakeups`)."""
         found = timings or {}
-        for job_id, status, _ in ends:
-            if not status.terminal:
-                raise ValueError(f"finish needs a terminal status, not {status.value} (job {job_id})")
         answers: list[Any] = []
         for start in range(0, len(ends), CHUNK):
             chunk = ends[start : start + CHUNK]
-            keys = [DEADLINES, FINISHED, OUTBOX, *(JOB_PREFIX + job_id for job_id, _, _ in chunk)]
-            args: list[Any] = [repr(now), self._retention_ms(), self.waiters.channel]
-            args += [SLOT_PREFIX, DELIVERY_PREFIX, _PENDING]
+            keys, args = self._finish_parts(chunk, now)
             for job_id, status, output in chunk:
                 args += [job_id, status.value, json.dumps(output), self.waiters.announcement(job_id)]
                 args += ["1" if self.waiters.wanted(job_id) else "0", _timings(found.get(job_id))]
@@ -254,8 +249,9 @@ class RedisStore(StatusStore):
         return isinstance(broker, RedisBroker) and broker.same_database(self._redis)
 
     def start_on_receive(self, broker: Broker, queue: str) -> bool:
-        if not isinstance(broker, RedisBroker) or not broker.same_database(self._redis):
+        if not self.settles_with(broker):
             return False
+        assert isinstance(broker, RedisBroker)
         broker.lease_with(queue, RECEIVE_STARTED, [JOB_PREFIX])
         return True
 
@@ -263,25 +259,40 @@ class RedisStore(StatusStore):
         """A worker's batch in one script (:mod:`nearline.store.redis_settle`); each job's end
         is announced with its ended record."""
         broker = settle.broker
-        if not isinstance(broker, RedisBroker) or not broker.same_database(self._redis):
+        if not self.settles_with(broker):
             raise NotImplementedError(f"redis store {self.url}: settle_ended needs its database's broker")
-        for job_id, status, _ in settle.ends:
-            if not status.terminal:
-                raise ValueError(f"finish needs a terminal status, not {status.value} (job {job_id})")
+        assert isinstance(broker, RedisBroker)
+        keys, shared = self._finish_parts(settle.ends, settle.now)
         sends, settles = broker.settle_parts(settle.queue, settle.results, settle.deliveries)
-        keys = [DEADLINES, FINISHED, OUTBOX, *(JOB_PREFIX + job_id for job_id, _, _ in settle.ends)]
-        shared = [repr(settle.now), self._retention_ms(), self.waiters.channel]
-        shared += [SLOT_PREFIX, DELIVERY_PREFIX, _PENDING, HANDOVER_BYTES]
         announce, timings = self.waiters.announcement, settle.timings
         ends = [
             [job_id, status.value, json.dumps(output), announce(job_id), _timings(timings.get(job_id))]
             for job_id, status, output in settle.ends
         ]
-        ended, done = self._run("settle_ended", *settle_ended_args(sends, keys, shared, ends, settles))
+        args = settle_ended_args(sends, keys, [*shared, HANDOVER_BYTES], ends, settles)
+        ended, done = self._run("settle_ended", *args)
         for (job_id, _, _), answer in zip(settle.ends, ended, strict=True):
             if answer:
                 self._finished(job_id, callback=answer == 2)
         return [d for d, ok in zip(settle.deliveries, done, strict=True) if not ok]
+
+    def _finish_parts(
+        self, ends: Sequence[tuple[str, JobStatus, Any]], now: float
+    ) -> tuple[list[str], list[Any]]:
+        """The KEYS (deadlines, finished, outbox, then each job's hash) and the shared ARGV of a
+        script that ends ``ends`` with the ``finish`` function (:mod:`nearline.store.redis_lua`)."""
+        for job_id, status, _ in ends:
+            if not status.terminal:
+                raise ValueError(f"finish needs a terminal status, not {status.value} (job {job_id})")
+        keys = [DEADLINES, FINISHED, OUTBOX, *(JOB_PREFIX + job_id for job_id, _, _ in ends)]
+        args: list[Any] = [
+            repr(now),
+            self._retention_ms(),
+            self.waiters.channel,
+            SLOT_PREFIX,
+            DELIVERY_PREFIX,
+        ]
+        return keys, [*args, _PENDING]
 
     def delete(self, job_id: str) -> bool:
         self.waiters.take(job_id)
