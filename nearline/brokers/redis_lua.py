@@ -56,12 +56,14 @@ local function drop(prefix, group, lane, entry, mid)
 end
 """
 
-#: ``send(K, A)``: K: lane stream, id key, expiry zset, blob key, the queue's bell.
+#: ``send(K, A, quiet)``: K: lane stream, id key, expiry zset, blob key, the queue's bell.
 #: A: message id, lane, body, "1" to store the body as a blob, TTL ms or "", blob TTL ms.
-#: Returns 1 when enqueued, 0 when a message with that id is still queued or leased. A function,
-#: so that the status store's submit script (:mod:`nearline.store.redis_submit`) sends with it too.
+#: ``quiet``: leave the bell alone (the message waits for a receiver's next look: see
+#: :mod:`nearline.store.redis_settle`). Returns 1 when enqueued, 0 when a message with that id
+#: is still queued or leased. A function, so that the status store's submit script
+#: (:mod:`nearline.store.redis_submit`) sends with it too.
 SEND_FUNCTION = """
-local function send(K, A)
+local function send(K, A, quiet)
   if redis.call('EXISTS', K[2]) == 1 then return 0 end
   local fields = {'id', A[1]}
   local exp = nil
@@ -78,7 +80,7 @@ local function send(K, A)
   local entry = redis.call('XADD', K[1], '*', unpack(fields))
   redis.call('SET', K[2], entry)
   if exp then redis.call('ZADD', K[3], exp, A[2] .. '|' .. entry .. '|' .. A[1]) end
-  ring(K[5])
+  if not quiet then ring(K[5]) end
   return 1
 end
 """

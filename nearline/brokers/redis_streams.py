@@ -229,8 +229,10 @@ class RedisBroker(Broker):
         seen = self._seen.pop(queue, None) if wait_s >= SHORT_WAIT_S else None
         while True:
             if seen is not None:
-                self._block(queue, seen, deadline - time.monotonic())
-            found, length, scanned = self._call(queue, partial(self._lease, queue, max_messages, lease_ms))
+                lease = partial(self._block_then_lease, queue, seen, deadline, max_messages, lease_ms)
+            else:
+                lease = partial(self._lease, queue, max_messages, lease_ms)
+            found, length, scanned = self._call(queue, lease)
             if found:
                 if len(found) < max_messages and scanned:
                     self._seen[queue] = length
@@ -245,20 +247,36 @@ class RedisBroker(Broker):
                 continue
             seen = length
 
-    def _block(self, queue: str, length: int, remaining: float) -> None:
-        """BLPOP the queue's bell for at most ``remaining`` seconds.
+    def _block_then_lease(
+        self, queue: str, length: int, deadline: float, n: int, lease_ms: int
+    ) -> tuple[list[Any], int, bool]:
+        """BLPOP the queue's bell until ``deadline`` (monotonic), then lease: one round trip.
 
-        Every send rings it (one token at most), so one blocked receiver wakes per send, at
-        once; a receive that took as many messages as it could rings it again for the next.
+        Every send rings the bell (one token at most), so one blocked receiver wakes per send,
+        at once; a receive that took as many messages as it could rings it again for the next.
+        The two commands go as one pipeline: Redis runs the lease the moment the BLPOP returns
+        (a blocked client's next command waits behind it), so a woken receiver holds its
+        messages without a second round trip, a second wake of Redis and of this process. The
+        lease runs whether the BLPOP was rung or timed out, as a look after a wait does.
         Leased entries (``length``) may expire while we wait: look again soon. The timeout may
         run up to 1/hz late, which a wait this long (the worker's and the lifecycle's idle
         waits) affords better than polling through its last 100 ms.
         """
+        remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return
+            return self._lease(queue, n, lease_ms)
         pause = min(remaining, BLOCK_MAX_S, RECOVERY_POLL_S if length else BLOCK_MAX_S)
+        name, keys, args = self._lease_parts(queue, n, lease_ms)
+        pipe = self._redis.pipeline(transaction=False)
         # At least 10 ms: a timeout Redis rounds down to 0 would block for ever.
-        self._call(queue, partial(self._redis.blpop, [bell_key(queue)], timeout=max(pause, 0.01)))
+        pipe.blpop([bell_key(queue)], timeout=max(pause, 0.01))
+        # EVALSHA by hand: a Script in a pipeline makes redis-py send SCRIPT EXISTS first.
+        pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+        try:
+            _, leased = pipe.execute()
+        except redis.exceptions.NoScriptError:  # Redis restarted or flushed its scripts
+            return self._lease(queue, n, lease_ms)  # the Script loads it again
+        return self._leased(queue, leased)
 
     def lease_with(self, queue: str, source: str, extra_args: list[str]) -> None:
         """Lease from ``queue`` with ``source`` from now on, a script of another module built on
@@ -272,14 +290,22 @@ class RedisBroker(Broker):
         """The receive script: (deliveries, length, whether every lane's scan for expired
         leases is complete); a delivery's row carries its job status last when leased
         :meth:`lease_with` a script that answers one."""
+        name, keys, args = self._lease_parts(queue, n, lease_ms)
+        return self._leased(queue, self._script(name, keys, args))
+
+    def _lease_parts(self, queue: str, n: int, lease_ms: int) -> tuple[str, list[str], list[Any]]:
+        """The lease script's name, KEYS and ARGV."""
         cursors = self._cursors.get(queue) or ["0-0"] * len(LANES)
         args: list[Any] = [GROUP, self.consumer, n, lease_ms, _HORIZON_MS, queue]
         for lane, cursor in zip(LANES, cursors, strict=True):
             args += [lane, cursor]
         keys = [stream_key(queue, lane) for lane in LANES]
         extra = self._leasing.get(queue)
-        script = "receive" if extra is None else f"lease:{queue}"
-        new_cursors, found, length, *statuses = self._script(script, keys, args + (extra or []))
+        return ("receive", keys, args) if extra is None else (f"lease:{queue}", keys, args + extra)
+
+    def _leased(self, queue: str, answer: list[Any]) -> tuple[list[Any], int, bool]:
+        """:meth:`_lease`'s answer from the script's."""
+        new_cursors, found, length, *statuses = answer
         if statuses:
             found = [[*row, status] for row, status in zip(found, statuses[0], strict=True)]
         self._cursors[queue] = [c.decode() for c in new_cursors]

@@ -9,8 +9,12 @@ workers`` on the same URL), :meth:`RedisStore.settle_ended
 built from the broker's ``send`` and ``settle`` functions and the store's ``finish``, so each
 stays written once:
 
-1. every result message is sent (the lifecycle still receives them: it keeps the per-hop
-   timings and the traces, and its compare-and-set finds the jobs already ended);
+1. every result message is sent, without ringing the response queue's bell: the lifecycle
+   still receives them, for the per-hop timings and the traces (its compare-and-set finds the
+   jobs already ended), but on its next look, at most its idle wait (0.5 s) later and in one
+   batch, not the moment the job ends. Woken then, the lifecycle's thread (in an API process)
+   would compete for the GIL and the cores with the listener and the event loop that answer
+   the long-poll: on 2 cores that cost the answer ~0.4 ms (docs/benchmarks.md);
 2. every job is ended as the lifecycle would end it (compare-and-set; the outcomes log, the
    callback outbox, the finished index, the retention TTL), and the end is announced with the
    ended record (up to :data:`HANDOVER_BYTES` of output) so a long-poll on any API replica
@@ -49,7 +53,7 @@ SETTLE_ENDED = (
     + FINISH_FUNCTION
     + """
 local m, n = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 0, m - 1 do send(slice(KEYS, 1 + 5 * i, 5), slice(ARGV, 3 + 6 * i, 6)) end
+for i = 0, m - 1 do send(slice(KEYS, 1 + 5 * i, 5), slice(ARGV, 3 + 6 * i, 6), true) end
 local k, a = 5 * m, 2 + 6 * m  -- KEYS and ARGV before finish's
 local ended = {}
 for i = 1, n do
