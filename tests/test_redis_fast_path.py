@@ -19,6 +19,7 @@ from conftest import redis_database
 from redis_roundtrips import CLIENT_NAME, TIMED, Recorder, count
 from waiting import wait_until
 
+from nearline import waiters
 from nearline.brokers.redis_keys import bell_key
 from nearline.brokers.redis_streams import RedisBroker
 from nearline.constants import REQUEST_QUEUE, RESPONSE_QUEUE
@@ -29,7 +30,6 @@ from nearline.messages import ResultMessage
 from nearline.models.repository import ModelRepository
 from nearline.pipelines.runner import PipelineRunner
 from nearline.pipelines.spec import load_pipelines
-from nearline.store import redis_wakeups
 from nearline.store.base import Enqueue, Settle
 from nearline.store.redis_hashes import RedisStore
 from nearline.store.redis_settle import HANDOVER_BYTES
@@ -149,7 +149,7 @@ def test_finish_many_ends_each_job_once_and_hands_the_record_to_a_waiter(r: redi
 def test_a_handed_record_nobody_took_in_time_is_not_read(parts, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     store, _ = parts
     store.create(_job("a"))
-    monkeypatch.setattr(redis_wakeups, "HANDOVER_S", -1.0)  # every hand-over already too old
+    monkeypatch.setattr(waiters, "HANDOVER_S", -1.0)  # every hand-over already too old
 
     async def go() -> None:
         store.waiters.register("a")

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
 from nearline import waiters as waiters_module
+from nearline.jobs import JobRecord, JobStatus
+from nearline.store.sqlite import SqliteStore
 from nearline.waiters import Waiters
 
 
@@ -52,3 +55,28 @@ def test_a_notified_id_is_forgotten_after_a_while(monkeypatch: pytest.MonkeyPatc
 def test_in_process_waiters_do_not_claim_to_hear_every_end() -> None:
     # a store whose jobs other processes end (SQLite) must read the record before waiting
     assert not Waiters().hears_every_end(time.time())
+
+
+def test_a_sqlite_finish_hands_the_ended_record_to_a_waiter_here(tmp_path: Path) -> None:
+    store = SqliteStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    now = time.time()
+    for job_id in ("waited", "unwaited"):
+        store.create(JobRecord(job_id, "identity", {"x": 1}, created=now, updated=now))
+
+    async def go() -> JobRecord | None:
+        fut = store.waiters.register("waited")
+        assert store.finish_many(
+            [("waited", JobStatus.COMPLETED, {"y": 1}), ("unwaited", JobStatus.COMPLETED, {"y": 2})], now + 1
+        ) == [True, True]
+        await asyncio.wait_for(fut, 1)
+        return store.waiters.take("waited")
+
+    handed = asyncio.run(go())
+    assert handed is not None and handed == store.get("waited")  # the row as the finish left it
+    assert handed.status is JobStatus.COMPLETED and handed.output == {"y": 1} and handed.updated == now + 1
+    assert store.waiters.take("waited") is None  # once
+    assert store.waiters.take("unwaited") is None  # nobody waited: nothing kept
+    # a compare-and-set that changed nothing hands nothing over
+    assert store.finish("waited", JobStatus.FAILED, "late", now + 2) is False
+    assert store.waiters.take("waited") is None
+    store.close()

@@ -8,15 +8,15 @@ never missed; then one daemon thread turns announcements from *other* instances 
 ``notify`` (an instance's own finishes notify its waiters directly). A process that never
 long-polls (a worker) never subscribes.
 
-The hand-over: when this instance ends a batch of jobs (``finish_many``, the lifecycle) and
-someone here waits for one, the script answers with the ended record, kept here for the waiter's
-next read (``RedisStore.get`` takes it, once, within :data:`HANDOVER_S`): the long-poll answers
-without reading the record back from Redis, a round trip fewer on every answered wait. A
-worker's end (``RedisStore.settle_ended``, :mod:`nearline.store.redis_settle`) announces
-``<job id> <origin> <1|0> <record>``: whether the job has a callback (its outbox delivery is
-written; this instance's ``on_callback`` listeners, the local lifecycle's dispatcher, are told)
-and, for outputs up to ``HANDOVER_BYTES``, the ended record as a JSON array of the hash's fields
-and values, handed over the same way to a waiter here.
+The hand-over (:mod:`nearline.waiters`): when this instance ends a batch of jobs
+(``finish_many``, the lifecycle) and someone here waits for one, the script answers with the
+ended record, kept for the waiter: the long-poll answers without reading the record back from
+Redis, a round trip fewer on every answered wait. A worker's end (``RedisStore.settle_ended``,
+:mod:`nearline.store.redis_settle`) announces ``<job id> <origin> <1|0> <record>``: whether the
+job has a callback (its outbox delivery is written; this instance's ``on_callback`` listeners,
+the local lifecycle's dispatcher, are told) and, for outputs up to ``HANDOVER_BYTES``, the ended
+record as a JSON array of the hash's fields and values, handed over the same way to a waiter
+here.
 
 If the connection drops, redis-py reconnects and subscribes again; announcements made in
 between are gone, so on every re-subscription the jobs still being waited for are looked up
@@ -47,10 +47,6 @@ log = logging.getLogger("nearline.store.redis")
 
 #: How long the listener blocks for a message before checking whether it should stop.
 POLL_S = 0.5
-#: A record handed over to a waiter (see :meth:`Wakeups.take`) is read within milliseconds;
-#: one nobody took (its waiter timed out at that instant) is dropped after this long, so a later
-#: read sees Redis, not an old copy.
-HANDOVER_S = 1.0
 
 
 def channel_for(db: int) -> str:
@@ -91,32 +87,12 @@ class Wakeups(Waiters):
         self._stop = threading.Event()
         self._pubsub: Any = None
         self._thread: threading.Thread | None = None
-        self._handed: dict[str, tuple[float, JobRecord]] = {}
         #: When the current subscription was confirmed (epoch seconds); None: not subscribed.
         self._subscribed_at: float | None = None
 
     def announcement(self, job_id: str) -> str:
         """What ``finish`` publishes for ``job_id``."""
         return f"{job_id} {self.origin}"
-
-    def wanted(self, job_id: str) -> bool:
-        """Whether someone in this process waits for ``job_id`` (its ended record is handed over)."""
-        with self._lock:
-            return job_id in self._futures
-
-    def hand_over(self, job_id: str, record: JobRecord) -> None:
-        """Keep ``record``, just ended by this instance, for the waiter's next read (:meth:`take`)."""
-        now = time.monotonic()
-        with self._lock:
-            self._handed[job_id] = (now, record)
-            for old in [i for i, (at, _) in self._handed.items() if now - at > HANDOVER_S]:
-                del self._handed[old]
-
-    def take(self, job_id: str) -> JobRecord | None:
-        """The record handed over for ``job_id`` at most :data:`HANDOVER_S` ago, once; else None."""
-        with self._lock:
-            at, record = self._handed.pop(job_id, (0.0, None))
-        return record if time.monotonic() - at <= HANDOVER_S else None
 
     def register(self, job_id: str) -> asyncio.Future[None]:
         self.start()

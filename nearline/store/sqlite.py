@@ -46,13 +46,14 @@ DELETE FROM jobs WHERE rowid IN (
 
 
 #: Ends an open job; returns one row, whether it had a callback (then the jobs_outbox trigger
-#: wrote its delivery in the same statement), or none when the job is absent or already ended.
-#: RETURNING needs SQLite 3.35 (2021), as the broker's lease does.
+#: wrote its delivery in the same statement) and the ended record's columns (handed over to a
+#: waiter in this process: :mod:`nearline.waiters`), or none when the job is absent or already
+#: ended. RETURNING needs SQLite 3.35 (2021), as the broker's lease does.
 _FINISH = f"""
 UPDATE jobs SET status = ?, output = ?, updated = ?, timings = ?,
     custom_status = CASE WHEN callback_url IS NULL THEN custom_status ELSE ? END
 WHERE id = ? AND status IN ({_OPEN_SQL})
-RETURNING callback_url IS NOT NULL
+RETURNING callback_url IS NOT NULL, {_COLUMNS}
 """
 _CLAIM = """
 UPDATE deliveries SET due = ?, token = ?
@@ -149,7 +150,7 @@ class SqliteStore(StatusStore):
         )
         if not rows:
             return False
-        self._finished(job_id, callback=bool(rows[0][0]))
+        self._ended(job_id, rows[0])
         return True
 
     def finish_many(
@@ -173,8 +174,14 @@ class SqliteStore(StatusStore):
             ]
         for (job_id, _, _), rows in zip(ends, ended, strict=True):
             if rows:
-                self._finished(job_id, callback=bool(rows[0][0]))
+                self._ended(job_id, rows[0])
         return [bool(rows) for rows in ended]
+
+    def _ended(self, job_id: str, row: Sequence[Any]) -> None:
+        """``_FINISH`` ended ``job_id`` (``row``: its answer): a waiter here is handed the record."""
+        if self.waiters.wanted(job_id):
+            self.waiters.hand_over(job_id, _record(row[1:]))
+        self._finished(job_id, callback=bool(row[0]))
 
     def delete(self, job_id: str) -> bool:
         count, _ = self._db.execute_write("DELETE FROM jobs WHERE id = ?", (job_id,))
