@@ -151,3 +151,41 @@ def read_response(sock: socket.socket) -> bytes:
     while len(body) < length:
         body += sock.recv(65536) or pytest.fail(f"closed after {data!r}")
     return head + b"\r\n\r\n" + body
+
+
+def test_pipelined_requests_are_answered_in_order_then_an_idle_connection_is_closed(tmp_path: Path) -> None:
+    env = {"NEARLINE_HEADER_TIMEOUT_S": "2"}
+    with running_server(tmp_path, "--no-workers", env=env) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            score = f"Content-Length: {len(BODY)}\r\n\r\n".encode()
+            health = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            sock.sendall(health + HEAD + score + BODY + health)  # three requests in one write
+            buffered = b""
+            answers = []
+            for _ in range(3):
+                answer, buffered = read_one_response(sock, buffered)
+                answers.append(answer)
+            assert [a.split(b" ", 2)[1] for a in answers] == [b"200", b"202", b"200"], answers
+            assert b'"status":"ok"' in answers[2].replace(b" ", b"")
+            # then nothing: the head timer runs again, and the idle connection is closed
+            started = time.monotonic()
+            assert sock.recv(65536) == b""
+            assert time.monotonic() - started < 8
+
+
+def read_one_response(sock: socket.socket, buffered: bytes) -> tuple[bytes, bytes]:
+    """The first HTTP/1.1 response (Content-Length body) from ``buffered`` and the socket, and
+    what came after it."""
+    data = buffered
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536) or pytest.fail(f"closed after {data!r}")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.lower().split(b"\r\n")
+        if line.startswith(b"content-length:")
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536) or pytest.fail(f"closed after {data!r}")
+    return head + b"\r\n\r\n" + rest[:length], rest[length:]
