@@ -14,6 +14,7 @@ says ``degraded`` with the reason meanwhile.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,6 +91,7 @@ def serve(cfg: ServeSettings) -> int:
             body_timeout_s=timeout,
             metrics=metrics,
         )
+        gc.freeze()  # what is loaded by now stays: full collections skip it (nearline/worker/cli.py)
         server.run(app)
     finally:
         server.close()

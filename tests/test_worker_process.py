@@ -156,3 +156,31 @@ def test_a_worker_without_a_broker_says_so_in_one_line(tmp_path: Path) -> None:
         timeout=60,
     )
     assert r.returncode == 2 and "--broker" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_worker_freezes_what_it_loaded_before_it_says_ready(tmp_path: Path) -> None:
+    """Models and modules loaded, they are out of the collector's sight (gc.freeze): a full
+    collection no longer walks them (75 ms a pass with the example models) on a batch's time."""
+    import gc
+
+    from nearline.settings import WorkerSettings
+    from nearline.worker.cli import run_worker
+
+    class Ready(Exception):
+        pass
+
+    frozen: list[int] = []
+
+    def on_ready() -> None:
+        frozen.append(gc.get_freeze_count())
+        raise Ready  # stop here: the worker would now receive until a signal
+
+    settings = WorkerSettings(
+        broker=f"sqlite:///{tmp_path / 'q.db'}", pipelines=(PIPELINES,), models=tmp_path, port=-1
+    )
+    try:
+        with pytest.raises(Ready):
+            run_worker(settings, on_ready)
+    finally:
+        gc.unfreeze()
+    assert frozen and frozen[0] > 0

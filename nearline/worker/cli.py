@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import pickle
@@ -217,29 +218,33 @@ def run_worker(settings: WorkerSettings, on_ready: Callable[[], None] | None = N
     worker = Worker(broker, runner, store=store, config=config, name=settings.name, hooks=hooks)
     stop = threading.Event()
     health = None
-    if settings.port >= 0:
-        health = start_health_server(
-            settings.host, settings.port, worker.metrics.registry, worker.ready.is_set
+    try:  # from here on, whatever stops the worker (a failing on_ready too) closes what it opened
+        if settings.port >= 0:
+            health = start_health_server(
+                settings.host, settings.port, worker.metrics.registry, worker.ready.is_set
+            )
+            log.info("health and metrics on http://%s:%d/", settings.host, health.server_address[1])
+        runner.warm()
+        # What is loaded by now (modules, models, tokenizers) lives as long as the process:
+        # frozen, a full collection no longer walks it. Unfrozen, each pass walked all of it:
+        # 75 ms with the example models, a stall of whichever batch it fell on (docs/benchmarks.md).
+        gc.freeze()
+        if on_ready is not None:
+            on_ready()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("signal %d: finishing the batch in hand, then exiting", signum)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        log.info(
+            "worker %s receiving from %s (batch %d, wait %g ms)",
+            worker.name,
+            broker.url,
+            config.max_batch,
+            config.max_wait_ms,
         )
-        log.info("health and metrics on http://%s:%d/", settings.host, health.server_address[1])
-    runner.warm()
-    if on_ready is not None:
-        on_ready()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: finishing the batch in hand, then exiting", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    log.info(
-        "worker %s receiving from %s (batch %d, wait %g ms)",
-        worker.name,
-        broker.url,
-        config.max_batch,
-        config.max_wait_ms,
-    )
-    try:
         worker.run(stop)
     finally:
         if health is not None:
