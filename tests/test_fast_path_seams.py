@@ -272,3 +272,45 @@ def test_send_then_complete_on_memory_holds_the_lock_once() -> None:
     # one hold for both parts (the two-call default takes it 1 + one per completion)
     assert counting.taken - before == 1
     assert _depths(broker, "requests", "responses") == [0, 2]
+
+
+def test_a_sqlite_receive_starts_its_jobs_in_the_leases_transaction(tmp_path: Path) -> None:
+    """The store on the broker's file has the worker's lease start the jobs (one commit, not
+    two): each delivery carries its job's status as it was, the Pending job is Running, and a
+    refused start rolls the lease back with it (the message stays there for the next look)."""
+    url = f"sqlite:///{tmp_path / 'nearline.db'}"
+    broker, store = SqliteBroker(url), SqliteStore(url)
+    other = SqliteStore(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        assert not other.start_on_receive(broker, "requests")  # another file: the worker calls start_jobs
+        assert store.start_on_receive(broker, "requests")
+        pending, ended = _job(), _job()
+        for j in (pending, ended):
+            store.create(j)
+        store.finish(ended.id, JobStatus.TERMINATED, "stop", T0 + 1)
+        broker.send_many("requests", [(pending.id, b"{}"), (ended.id, b"{}"), ("purged", b"{}")])
+        got = {d.message_id: d.job_status for d in broker.receive("requests", 10, wait_s=1)}
+        assert got == {pending.id: "Pending", ended.id: "Terminated", "purged": ""}
+        started = store.get(pending.id)
+        assert started is not None and started.status is JobStatus.RUNNING
+        # the other queue (the lifecycle's results) leases as before
+        broker.send_many("responses", [("r", b"{}")])
+        assert [d.job_status for d in broker.receive("responses", 10, wait_s=1)] == [None]
+        # one transaction: a start that fails leaves the message unleased
+        again = _job()
+        store.create(again)
+        broker.send_many("requests", [(again.id, b"{}")])
+        with closing(sqlite3.connect(tmp_path / "nearline.db")) as conn:
+            conn.execute(
+                "CREATE TRIGGER refuse BEFORE UPDATE ON jobs BEGIN SELECT RAISE(ABORT, 'injected'); END"
+            )
+        with pytest.raises(Exception, match="injected"):
+            broker.receive("requests", 10, wait_s=0)
+        with closing(sqlite3.connect(tmp_path / "nearline.db")) as conn:
+            conn.execute("DROP TRIGGER refuse")
+        [retried] = broker.receive("requests", 10, wait_s=0)
+        assert (retried.message_id, retried.delivery_count, retried.job_status) == (again.id, 1, "Pending")
+    finally:
+        broker.close()
+        store.close()
+        other.close()

@@ -45,7 +45,8 @@ class Delivery:
     lease_token: str
     enqueued_at: float
     #: The status its job had when this receive leased it, where the receive also started the
-    #: job (marked it Running: Redis with its status store, :mod:`nearline.store.redis_receive`);
+    #: job (marked it Running: Redis with its status store, :mod:`nearline.store.redis_receive`;
+    #: SQLite with the store on its file, ``SqliteStore.start_on_receive``);
     #: "" when the job's record was absent; None where the receive did not look.
     job_status: str | None = None
 

@@ -30,7 +30,8 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from nearline import wakeups
 from nearline.brokers.base import Broker, DeadLetter, Delivery, LeaseLost
@@ -77,6 +78,16 @@ _EXPIRED_ID = (
 )
 
 
+#: What :meth:`SqliteBroker.lease_with` runs in a lease's transaction: (connection, message ids,
+#: now) → each id's job status as it was.
+StartJobs = Callable[[sqlite3.Connection, list[str], float], dict[str, str]]
+
+
+def _job_status(statuses: dict[str, str] | None, message_id: str) -> str | None:
+    """A delivery's ``job_status``: None when the lease did not read it, "" for no record."""
+    return None if statuses is None else statuses.get(message_id, "")
+
+
 class SqliteBroker(Broker):
     """Queues in a SQLite file; safe for several processes and threads."""
 
@@ -91,6 +102,19 @@ class SqliteBroker(Broker):
         self._bells = wakeups.acquire(self._db.path, self._wakeups)
         self._released = False
         self._purged: dict[str, float] = {}
+        self._starting: dict[str, StartJobs] = {}  # queue → lease_with's function
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._db.path
+
+    def lease_with(self, queue: str, start: StartJobs) -> None:
+        """Lease from ``queue`` with ``start`` from now on: in the lease's transaction it is
+        given the connection, the leased message ids and the time, and answers each id's job
+        status as it was ("" for none), kept as the delivery's ``job_status`` (the status store
+        on this file, whose jobs the receive then starts: ``SqliteStore.start_on_receive``)."""
+        self._starting[queue] = start
 
     def send_many(
         self,
@@ -159,10 +183,17 @@ class SqliteBroker(Broker):
         now = time.time()
         token = uuid.uuid4().hex
         args = (now + lease_s, token, queue, now, now, max_messages)
-        _, rows = self._db.execute_write(_LEASE, args, durable=False)
+        start = self._starting.get(queue)
+        statuses: dict[str, str] | None = None
+        if start is None:
+            _, rows = self._db.execute_write(_LEASE, args, durable=False)
+        else:  # one transaction, one commit: the lease and the jobs' start
+            with self._db.write(durable=False) as conn:
+                rows = conn.execute(_LEASE, args).fetchall()
+                statuses = start(conn, [r[1] for r in rows], now) if rows else {}
         rows.sort(key=lambda r: (r[3], r[0]))  # RETURNING has no ORDER BY
         return [
-            Delivery(queue, mid, body, LANES[lane], count, token, at)
+            Delivery(queue, mid, body, LANES[lane], count, token, at, _job_status(statuses, mid))
             for _, mid, body, lane, count, at in rows
         ]
 

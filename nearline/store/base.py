@@ -166,11 +166,12 @@ class StatusStore(abc.ABC):
 
     def start_on_receive(self, broker: Broker, queue: str) -> bool:
         """Have ``broker``'s receives from ``queue`` (the request queue) also start the jobs
-        they lease, where this store can
-        (Redis, on the broker's own database: :mod:`nearline.store.redis_receive`): each
-        delivery then carries its job's status as it was (``Delivery.job_status``) and the job
-        is Running, so the worker's liveness check needs no call of its own (one round trip
-        fewer per batch). False where it cannot: the worker calls :meth:`start_jobs`."""
+        they lease, where this store can (Redis, on the broker's own database:
+        :mod:`nearline.store.redis_receive`; SQLite, on the broker's file: in the lease's
+        transaction): each delivery then carries its job's status as it was
+        (``Delivery.job_status``) and the job is Running, so the worker's liveness check needs
+        no call of its own (one round trip, or one commit, fewer per batch). False where it
+        cannot: the worker calls :meth:`start_jobs`."""
         return False
 
     def settles_with(self, broker: Broker) -> bool:
