@@ -97,7 +97,7 @@ def parse_submission(
         input=doc["input"],
         timeout_s=_timeout(doc.get("timeout_s")),
         priority=_priority(doc.get("priority")),
-        callback_url=_callback(doc.get("callback_url"), configured_allow_list() if allow is None else allow),
+        callback_url=_callback(doc.get("callback_url"), allow),
         deployment=chosen or traffic.choose(spec.traffic if split is None else split, pipeline),
     )
 
@@ -181,10 +181,12 @@ def _priority(value: Any) -> str:
     return str(value)
 
 
-def _callback(value: Any, allow: AllowList) -> str | None:
-    """A ``callback_url`` that the callback guard could ever send to (names are looked up later)."""
+def _callback(value: Any, allow: AllowList | None) -> str | None:
+    """A ``callback_url`` that the callback guard could ever send to (names are looked up later);
+    ``allow`` None: ``NEARLINE_CALLBACK_ALLOW``, read only for a request that has one."""
     if value is None:
         return None
+    allow = configured_allow_list() if allow is None else allow
     if not isinstance(value, str):
         raise CallbackRefused("request body: 'callback_url' must be an absolute https URL")
     try:

@@ -132,4 +132,6 @@ def choose(traffic: Mapping[str, int], endpoint: str, rng: random.Random | None 
             f"endpoint '{endpoint}' has no live traffic; name a deployment with the nearline-deployment "
             f"header (the deployments are: {', '.join(traffic)})"
         )
+    if len(names) == 1:  # one live deployment (most endpoints): no draw
+        return names[0]
     return (rng or random).choices(names, weights=[traffic[n] for n in names])[0]
