@@ -28,11 +28,12 @@ from nearline.brokers.sqlite import SqliteBroker
 from nearline.callback_sender import CallbackSender
 from nearline.callbacks import CallbackGuard
 from nearline.deliveries import Dispatcher
+from nearline.errors import Overloaded
 from nearline.jobs import JobRecord, JobStatus
 from nearline.lifecycle import Lifecycle
 from nearline.messages import ResultMessage
 from nearline.settings import WebhookSettings
-from nearline.store.base import StatusStore
+from nearline.store.base import Enqueue, StatusStore
 from nearline.store.memory import MemoryStore
 from nearline.store.sqlite import SqliteStore
 
@@ -314,3 +315,44 @@ def test_a_sqlite_receive_starts_its_jobs_in_the_leases_transaction(tmp_path: Pa
         broker.close()
         store.close()
         other.close()
+
+
+def test_a_sqlite_submit_writes_the_record_and_its_message_in_one_transaction(tmp_path: Path) -> None:
+    """The store on the broker's file: record, depth check and request message, one commit. A
+    full queue writes nothing; a repeat is answered before the depth is checked; a receiver
+    blocked on the queue is woken once it is committed."""
+    url = f"sqlite:///{tmp_path / 'nearline.db'}"
+    broker, store = SqliteBroker(url), SqliteStore(url)
+    elsewhere = SqliteBroker(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        first = _job()
+        assert store.create_enqueued(first, Enqueue(elsewhere, "requests", b"{}", "normal", None, 10)) is None
+        got: list[list[str]] = []
+        receiver = threading.Thread(
+            target=lambda: got.append([d.message_id for d in broker.receive("requests", 10, wait_s=5)])
+        )
+        receiver.start()
+        time.sleep(0.2)  # blocked on its bell
+        assert store.create_enqueued(first, Enqueue(broker, "requests", b'{"a": 1}', "high", 60, 1)) == (
+            first,
+            True,
+        )
+        receiver.join(timeout=5)
+        assert got == [[first.id]]  # woken by the commit, not by a poll
+        created = store.get(first.id)
+        assert created is not None and created.enqueued and created.status is JobStatus.PENDING
+        # full (the one above is leased, so still counted): nothing written
+        second = _job()
+        with pytest.raises(Overloaded, match=r"holds 1 messages \(limit 1\)"):
+            store.create_enqueued(second, Enqueue(broker, "requests", b"{}", "normal", None, 1))
+        assert store.get(second.id) is None and broker.depth("requests") == 1
+        # a repeat of the id is answered first, full or not, and sends nothing
+        assert store.create_enqueued(first, Enqueue(broker, "requests", b"{}", "normal", None, 1)) == (
+            created,
+            False,
+        )
+        assert broker.depth("requests") == 1
+    finally:
+        broker.close()
+        store.close()
+        elsewhere.close()

@@ -262,6 +262,32 @@ class SqliteBroker(Broker):
         [(count,)] = self._db.query(_DEPTH, (queue, queue, now, now))
         return int(count)
 
+    # -- a send inside another's transaction (the status store's submit on this file) -----
+
+    def depth_in(self, conn: sqlite3.Connection, queue: str, now: float) -> int:
+        """:meth:`depth`, read in ``conn``'s open transaction."""
+        [(count,)] = conn.execute(_DEPTH, (queue, queue, now, now)).fetchall()
+        return int(count)
+
+    def send_in(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        message_id: str,
+        body: bytes,
+        *,
+        lane: str = DEFAULT_LANE,
+        ttl_s: float | None = None,
+        now: float,
+    ) -> None:
+        """:meth:`send` in ``conn``'s open transaction (a write transaction on this file), which
+        the caller commits; then it calls :meth:`ring`."""
+        _insert(conn, queue, _rows(queue, [(message_id, body)], lane, ttl_s, now), now)
+
+    def ring(self, queue: str) -> None:
+        """Wake ``queue``'s waiting receivers: after a commit of :meth:`send_in`."""
+        self._bells.ring(queue)
+
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         rows = self._db.query(
             "SELECT message_id, body, reason, delivery_count, dead_at FROM dead_letters"

@@ -152,8 +152,9 @@ class StatusStore(abc.ABC):
 
     def create_enqueued(self, job: JobRecord, enqueue: Enqueue) -> tuple[JobRecord, bool] | None:
         """:meth:`create` and send the job's request message in one atomic step, where this
-        store can with ``enqueue.broker`` (Redis, on the broker's own database): one round trip
-        instead of three (the depth check, the record, the message). None where it cannot: the
+        store can with ``enqueue.broker`` (Redis, on the broker's own database: one round trip
+        instead of three, the depth check, the record, the message; SQLite, on the broker's
+        file: one transaction). None where it cannot: the
         caller (``StoreJobs.create_now``) then takes the steps one by one.
 
         A held slot or id is answered as by :meth:`create`, before the depth is checked.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -24,7 +25,7 @@ from nearline.brokers.base import Broker
 from nearline.brokers.sqlite import SqliteBroker
 from nearline.jobs import PENDING_CALLBACK, JobRecord, JobStatus
 from nearline.sqlite_db import Database, parse_url
-from nearline.store.base import CallbackDelivery, StatusStore
+from nearline.store.base import CallbackDelivery, Enqueue, StatusStore
 from nearline.store.outcomes_sqlite import SqliteOutcomes
 
 #: Every JobRecord field is a column of ``jobs`` by the same name (a new field needs a
@@ -110,13 +111,37 @@ class SqliteStore(StatusStore):
         with self._db.write() as conn:
             if conn.execute(_INSERT, _row(job)).rowcount == 1:
                 return job, True
-            rows: list[Any] = []
-            if job.idempotency_slot is not None:
-                rows = conn.execute(
-                    f"{_SELECT} WHERE idempotency_slot = ?", (job.idempotency_slot,)
-                ).fetchall()
-            rows = rows or conn.execute(f"{_SELECT} WHERE id = ?", (job.id,)).fetchall()
-            return _record(rows[0]), False
+            return self._holder(conn, job), False
+
+    def _holder(self, conn: sqlite3.Connection, job: JobRecord) -> JobRecord:
+        """The record that made ``job``'s insert a no-op: its slot's holder, or the record of
+        its id (read in the insert's transaction, before any other writer can delete it)."""
+        rows: list[Any] = []
+        if job.idempotency_slot is not None:
+            rows = conn.execute(f"{_SELECT} WHERE idempotency_slot = ?", (job.idempotency_slot,)).fetchall()
+        rows = rows or conn.execute(f"{_SELECT} WHERE id = ?", (job.id,)).fetchall()
+        return _record(rows[0])
+
+    def create_enqueued(self, job: JobRecord, enqueue: Enqueue) -> tuple[JobRecord, bool] | None:
+        """On the broker's file: the record, the depth check and the request message in one
+        write transaction, one commit (two before, and a read): a repeat is answered before the
+        depth is checked, a full queue writes nothing, and the record and its message are never
+        one without the other (a keyed job is never seen claimed but unsent)."""
+        broker = enqueue.broker
+        if not (isinstance(broker, SqliteBroker) and broker.path == self._db.path):
+            return None
+        now = time.time()
+        with self._db.write() as conn:
+            if conn.execute(_INSERT, _row(job)).rowcount != 1:
+                return self._holder(conn, job), False
+            depth = broker.depth_in(conn, enqueue.queue, now)
+            if depth >= enqueue.max_depth:
+                raise enqueue.full(depth)  # rolls the record back
+            broker.send_in(
+                conn, enqueue.queue, job.id, enqueue.body, lane=enqueue.lane, ttl_s=enqueue.ttl_s, now=now
+            )
+        broker.ring(enqueue.queue)
+        return job, True
 
     def get(self, job_id: str) -> JobRecord | None:
         rows = self._db.query(f"{_SELECT} WHERE id = ?", (job_id,))
