@@ -5,46 +5,32 @@ number of hosts sharing one Redis primary, and, with the persistence settings be
 Redis restart. Every operation is one round trip (a Lua script: a check and the change it
 guards run atomically).
 
-Layout (names in one place, :mod:`nearline.brokers.redis_keys`; the Kubernetes KEDA
-``redis-streams`` triggers name the same ones):
-
-* one stream per lane, ``<queue>:high``, ``<queue>:normal``, ``<queue>:low``, each with the
-  consumer group ``nearline``; an entry holds ``id`` (message id), ``body`` (or ``blob``: the
-  claim check) and ``exp`` (expiry, epoch ms, when the message has a TTL);
-* ``<queue>:dead``, the dead-letter stream (``id``, ``reason``, ``count``, ``lane``, ``body``);
-* ``<queue>:msg:<id>`` makes ``send`` idempotent while the message exists; ``<queue>:expiry``
-  lists messages with a TTL; ``<queue>:blob:<id>`` holds a claim-checked body; ``<queue>:bell``
-  wakes a blocked receiver.
+Layout (names in :mod:`nearline.brokers.redis_keys`, which the KEDA triggers share): a stream
+per lane (``<queue>:high``, ``:normal``, ``:low``) with the consumer group ``nearline``, whose
+entries hold ``id``, ``body`` (or ``blob``, a claim check) and ``exp`` (epoch ms, with a TTL);
+``<queue>:dead``, the dead letters; ``<queue>:msg:<id>`` (``send`` is idempotent while it
+exists), ``<queue>:expiry``, ``<queue>:blob:<id>`` and ``<queue>:bell``.
 
 Receive reads high, then normal, then low: first entries whose lease expired (XAUTOCLAIM,
-which also raises the delivery count in the pending list), then new ones (XREADGROUP), in
-batches of ``COUNT``; when nothing is there it blocks on the queue's bell, ``<queue>:bell``
-(BLPOP), which every send rings: a list holding one token at most, so one blocked receiver
-wakes per send and the others sleep on (XREAD BLOCK on the streams would wake every worker for
-every message, and all but one would look and find nothing); a receive that took all it asked
-for rings again, for the next receiver. Redis times out blocked calls only ``hz`` times a
-second, so a receive of 100 ms or more may return empty up to 100 ms late, and a shorter one
-polls every 2 ms instead of blocking. Senders of an older nearline do not ring: their messages
-wait for a receiver's timeout (at most ``BLOCK_MAX_S``), never lost.
+which also raises the delivery count), then new ones (XREADGROUP). When nothing is there it
+blocks on the queue's bell (BLPOP of ``<queue>:bell``, a list holding one token at most, which
+every send rings), so one blocked receiver wakes per send; its lease is pipelined behind the
+BLPOP, so the reply that wakes it carries its messages. A receive that took all it asked for
+rings again, for the next receiver. Redis times blocked calls out only ``hz`` times a second:
+a receive shorter than 100 ms polls every 2 ms instead. Details and measurements:
+``docs/redis.md``.
 
 A lease is the pending entry's idle clock: leasing for L seconds sets the idle time to
 ``LEASE_HORIZON_S - L``, so ``XAUTOCLAIM min-idle-time=LEASE_HORIZON_S`` hands the message to
-another consumer exactly L seconds later; ``abandon`` sets it to the horizon (XCLAIM IDLE
-JUSTID, which keeps the count: claimable at once) and rings the bell. The lease token is
-``entry id/delivery count/consumer``, checked against XPENDING before any settle, so a stale
-lease raises :class:`LeaseLost` and changes nothing. ``complete`` is XACK + XDEL: completed
-entries do not accumulate, and ``depth`` is the streams' XLEN (waiting + leased). Expired
-messages are never delivered: receive drops them, and ``depth`` drops those no lease holds.
-Bodies over the claim-check limit (:mod:`nearline.claim_check`) are stored beside the entry.
+another consumer exactly L seconds later; ``abandon`` sets it to the horizon (claimable at once,
+the count kept) and rings the bell. The lease token, ``entry id/delivery count/consumer``, is
+checked against XPENDING before any settle: a stale lease raises :class:`LeaseLost` and changes
+nothing. ``complete`` is XACK + XDEL, so ``depth`` is the streams' XLEN (waiting + leased).
+Expired messages are never delivered; bodies over the claim-check limit
+(:mod:`nearline.claim_check`) are stored beside the entry.
 
-Operator settings the no-loss promise needs (details in ``docs/redis.md``):
-
-* ``appendonly yes`` with ``appendfsync everysec`` (a power loss costs at most ~1 s of sends
-  and settles) or ``always`` (none); RDB snapshots alone lose everything since the last one.
-* ``maxmemory-policy noeviction``: any eviction policy silently drops stream entries and keys.
-  With ``noeviction`` a full Redis refuses sends (the API answers 503) and loses nothing.
-* memory: about (body + ~400 bytes) per queued message (measured), plus job records (see the
-  store: ~1.5 KB each for the example pipelines, kept for the retention period).
+The no-loss promise needs ``appendonly yes`` and ``maxmemory-policy noeviction`` of the
+operator (``docs/redis.md``, with the memory a queued message takes).
 
 Errors: a failure that passes (Redis unreachable, loading its data after a restart, a replica
 not yet promoted, full under ``noeviction``, busy in a script) is a :class:`BrokerError`, which
