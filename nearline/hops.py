@@ -4,7 +4,10 @@
 profiles; the bench reads it for its per-hop breakdown, docs/benchmarks.md). Every hop runs
 from one timestamp to the next; the stamps are wall-clock times (``time.time()``) taken by the
 API, the worker (carried in the result message) and the lifecycle, so across machines the
-hops between them carry the clocks' skew (a negative one counts as 0).
+hops between them carry the clocks' skew (a negative one counts as 0). On Redis, where the
+worker ends its jobs, the lifecycle takes their results on its next look (at most 0.5 s after
+the end, :mod:`nearline.store.redis_settle`): their worker hops are counted then, with the
+same values.
 
 ======================  ===============================================  ==================
 hop                     from → to                                        observed by

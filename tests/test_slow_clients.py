@@ -139,18 +139,7 @@ def test_a_keep_alive_client_is_served_request_after_request(tmp_path: Path) -> 
 
 def read_response(sock: socket.socket) -> bytes:
     """One HTTP/1.1 response with a Content-Length body, read whole."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536) or pytest.fail(f"closed after {data!r}")
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1])
-        for line in head.lower().split(b"\r\n")
-        if line.startswith(b"content-length:")
-    )
-    while len(body) < length:
-        body += sock.recv(65536) or pytest.fail(f"closed after {data!r}")
-    return head + b"\r\n\r\n" + body
+    return read_one_response(sock, b"")[0]
 
 
 def test_pipelined_requests_are_answered_in_order_then_an_idle_connection_is_closed(tmp_path: Path) -> None:

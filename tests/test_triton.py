@@ -374,7 +374,9 @@ def test_version_policies_and_instance_counts_are_served_as_configured(
             local = TorchBackend(repo)
             for (version, i), scores in got.items():
                 want = local.infer("twice", version, {"INPUT__0": x})["OUTPUT__0"]
-                np.testing.assert_allclose(scores, want, atol=1e-6, err_msg=f"twice v{version} #{i}")
+                # float32 in two processes, two instances: a few ulps apart (CI saw 2e-6 on 0.79);
+                # topics' two versions differ by more than 1e-3 (test above)
+                np.testing.assert_allclose(scores, want, atol=1e-5, err_msg=f"twice v{version} #{i}")
         finally:
             backend.close()
     finally:

@@ -1,9 +1,8 @@
 """Redis Streams broker: ``redis://[:password@]host:6379/0[?claim_check_bytes=N]``.
 
-Guarantees: everything in :mod:`nearline.brokers.base`, for any number of processes on any
-number of hosts sharing one Redis primary, and, with the persistence settings below, across a
-Redis restart. Every operation is one round trip (a Lua script: a check and the change it
-guards run atomically).
+Guarantees: everything in :mod:`nearline.brokers.base`, for any number of processes and hosts
+sharing one Redis primary, and, with the settings below, across a Redis restart. Every
+operation is one round trip (a Lua script: a check and the change it guards are atomic).
 
 Layout (names in :mod:`nearline.brokers.redis_keys`, which the KEDA triggers share): a stream
 per lane (``<queue>:high``, ``:normal``, ``:low``) with the consumer group ``nearline``, whose
@@ -29,14 +28,11 @@ nothing. ``complete`` is XACK + XDEL, so ``depth`` is the streams' XLEN (waiting
 Expired messages are never delivered; bodies over the claim-check limit
 (:mod:`nearline.claim_check`) are stored beside the entry.
 
-The no-loss promise needs ``appendonly yes`` and ``maxmemory-policy noeviction`` of the
-operator (``docs/redis.md``, with the memory a queued message takes).
+No loss needs ``appendonly yes`` and ``maxmemory-policy noeviction`` (``docs/redis.md``).
 
-Errors: a failure that passes (Redis unreachable, loading its data after a restart, a replica
-not yet promoted, full under ``noeviction``, busy in a script) is a :class:`BrokerError`, which
-callers retry (the worker until Redis answers, the API with 503 + ``Retry-After``); any other
-refusal (``WRONGTYPE`` on a key someone else wrote, ``NOPERM``, a script's error) fails the same
-way every time, so it is a plain :class:`NearlineError` (:func:`redis_error`).
+Errors (:func:`redis_error`): a failure that passes (Redis unreachable or loading, a replica
+not yet promoted, full, busy in a script) is a :class:`BrokerError`, which callers retry; any
+other refusal (``WRONGTYPE``, ``NOPERM``, a script's error) is a plain :class:`NearlineError`.
 """
 
 from __future__ import annotations
@@ -64,8 +60,7 @@ from nearline.constants import DEFAULT_LANE, LANES, LEASE_S
 LEASE_HORIZON_S = 24 * 3600.0
 #: While other consumers hold leases, an idle receiver looks for expired ones this often.
 RECOVERY_POLL_S = 0.25
-#: A receive asked to wait less than this polls every SHORT_POLL_S instead of blocking (see
-#: ``receive``); a longer one only ever blocks.
+#: A receive asked to wait less than this polls every SHORT_POLL_S instead of blocking.
 SHORT_WAIT_S = 0.1
 SHORT_POLL_S = 0.002
 #: Longest single BLPOP of the bell: well under redis-py's 5 s socket timeout.
@@ -238,15 +233,11 @@ class RedisBroker(Broker):
     ) -> tuple[list[Any], int, bool]:
         """BLPOP the queue's bell until ``deadline`` (monotonic), then lease: one round trip.
 
-        Every send rings the bell (one token at most), so one blocked receiver wakes per send,
-        at once; a receive that took as many messages as it could rings it again for the next.
-        The two commands go as one pipeline: Redis runs the lease the moment the BLPOP returns
-        (a blocked client's next command waits behind it), so a woken receiver holds its
-        messages without a second round trip, a second wake of Redis and of this process. The
-        lease runs whether the BLPOP was rung or timed out, as a look after a wait does.
-        Leased entries (``length``) may expire while we wait: look again soon. The timeout may
-        run up to 1/hz late, which a wait this long (the worker's and the lifecycle's idle
-        waits) affords better than polling through its last 100 ms.
+        One pipeline: Redis runs the lease the moment the BLPOP returns (a blocked client's next
+        command waits behind it), so a woken receiver holds its messages without a second round
+        trip, nor a second wake of Redis and of this process. The lease runs whether the bell
+        rang or the wait timed out. Leased entries (``length``) may expire meanwhile: then the
+        wait is short. It may end up to 1/hz late, which the idle waits (0.5 s) afford.
         """
         remaining = deadline - time.monotonic()
         if remaining <= 0:

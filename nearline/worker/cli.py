@@ -231,13 +231,7 @@ def run_worker(settings: WorkerSettings, on_ready: Callable[[], None] | None = N
         gc.freeze()
         if on_ready is not None:
             on_ready()
-
-        def on_signal(signum: int, _frame: object) -> None:
-            log.info("signal %d: finishing the batch in hand, then exiting", signum)
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        _stop_on_signals(stop)
         log.info(
             "worker %s receiving from %s (batch %d, wait %g ms)",
             worker.name,
@@ -255,6 +249,17 @@ def run_worker(settings: WorkerSettings, on_ready: Callable[[], None] | None = N
             store.close()
     log.info("worker %s stopped", worker.name)
     return 0
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``: the worker finishes the batch in hand, then exits."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: finishing the batch in hand, then exiting", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
 
 def _log_to_stderr() -> None:
