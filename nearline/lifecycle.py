@@ -128,13 +128,12 @@ class Lifecycle:
             now = time.time()  # the jobs' end: their records' `updated`
             timings = {result.id: result.timings for _, result in done if result.timings}
             ended = self.store.finish_many([result.job_end() for _, result in done], now, timings)
-            if self.hops is not None:  # a job already ended (by its worker, on Redis) applied nothing
-                for (d, result), applied in zip(done, ended, strict=True):
-                    self.hops.applied(result, d.enqueued_at, now if applied else None)
-            tracing.ended([(r, d.enqueued_at) for (d, r), a in zip(done, ended, strict=True) if a], now)
             for (d, result), applied in zip(done, ended, strict=True):
-                if not applied:  # its worker ended it as it sent the result (Redis), or a duplicate
-                    tracing.ended([(result, d.enqueued_at)], d.enqueued_at)
+                # Not ended here: it ended as its result was sent (by its worker, on Redis), or
+                # this is a duplicate. Either way the lifecycle applied nothing.
+                if self.hops is not None:
+                    self.hops.applied(result, d.enqueued_at, now if applied else None)
+                tracing.ended([(result, d.enqueued_at)], now if applied else d.enqueued_at)
         for d in self.broker.complete_many([d for d, _ in done]):
             log.warning("lease on result %s lost; another replica has it", d.message_id)
 

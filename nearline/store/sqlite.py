@@ -19,7 +19,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from nearline.brokers.base import Broker
 from nearline.brokers.sqlite import SqliteBroker
@@ -128,7 +128,7 @@ class SqliteStore(StatusStore):
         depth is checked, a full queue writes nothing, and the record and its message are never
         one without the other (a keyed job is never seen claimed but unsent)."""
         broker = enqueue.broker
-        if not (isinstance(broker, SqliteBroker) and broker.path == self._db.path):
+        if not self._on_file_of(broker):
             return None
         now = time.time()
         with self._db.write() as conn:
@@ -276,10 +276,14 @@ class SqliteStore(StatusStore):
     def start_on_receive(self, broker: Broker, queue: str) -> bool:
         """On this file, the worker's lease also starts its jobs, in the lease's transaction:
         a commit fewer before each batch."""
-        if not (isinstance(broker, SqliteBroker) and broker.path == self._db.path):
+        if not self._on_file_of(broker):
             return False
         broker.lease_with(queue, _start)
         return True
+
+    def _on_file_of(self, broker: Broker) -> TypeGuard[SqliteBroker]:
+        """Whether ``broker`` queues on this store's file: then one transaction can do both."""
+        return isinstance(broker, SqliteBroker) and broker.path == self._db.path
 
     def outcomes(self) -> SqliteOutcomes:
         return SqliteOutcomes(self._db)
