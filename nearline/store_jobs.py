@@ -81,7 +81,12 @@ class StoreJobs(Jobs):
         self._catalog = catalog
 
     async def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
+        """:meth:`create_now`, on a thread; where the store can (Redis, on the broker's
+        database), its one atomic step awaited on the event loop instead (no thread hop:
+        :mod:`nearline.brokers.redis_loop`)."""
         with tracing.span("nearline.enqueue", job):
+            if self.store.creates_on_loop(self.broker):
+                return await self.store.create_enqueued_on_loop(job, self._enqueue(job))
             return await asyncio.to_thread(self.create_now, job)
 
     def create_now(self, job: JobRecord) -> tuple[JobRecord, bool]:
@@ -92,8 +97,7 @@ class StoreJobs(Jobs):
         A repeat is not refused for queue depth. Where the store can, all of it is one atomic
         step (:meth:`~nearline.store.base.StatusStore.create_enqueued`).
         """
-        body = tracing.stamped(request_message(job)).to_json()
-        enqueue = Enqueue(self.broker, REQUEST_QUEUE, body, job.priority, _ttl(job), self.max_queue_depth)
+        enqueue = self._enqueue(job)
         at_once = self.store.create_enqueued(job, enqueue)
         if at_once is not None:
             return at_once
@@ -108,7 +112,9 @@ class StoreJobs(Jobs):
         if not created:
             return found, False
         try:
-            self.broker.send(REQUEST_QUEUE, body, message_id=job.id, lane=job.priority, ttl_s=enqueue.ttl_s)
+            self.broker.send(
+                REQUEST_QUEUE, enqueue.body, message_id=job.id, lane=job.priority, ttl_s=enqueue.ttl_s
+            )
         except Exception as exc:
             # Nothing half-written: a job whose message never made it must not linger Pending.
             self.store.delete(job.id)
@@ -116,6 +122,11 @@ class StoreJobs(Jobs):
         if keyed:
             self.store.mark_enqueued(job.id)
         return job, True
+
+    def _enqueue(self, job: JobRecord) -> Enqueue:
+        """``job``'s request message, stamped now (its ``enqueued_at``)."""
+        body = tracing.stamped(request_message(job)).to_json()
+        return Enqueue(self.broker, REQUEST_QUEUE, body, job.priority, _ttl(job), self.max_queue_depth)
 
     async def get(self, job_id: str) -> JobRecord:
         return await asyncio.to_thread(self._get, job_id)

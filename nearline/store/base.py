@@ -165,6 +165,16 @@ class StatusStore(abc.ABC):
         """
         return None
 
+    def creates_on_loop(self, broker: Broker) -> bool:
+        """Whether :meth:`create_enqueued_on_loop` can run with ``broker``: Redis, on the
+        broker's own database. Elsewhere the caller runs :meth:`create_enqueued` on a thread."""
+        return False
+
+    async def create_enqueued_on_loop(self, job: JobRecord, enqueue: Enqueue) -> tuple[JobRecord, bool]:
+        """:meth:`create_enqueued` awaited on the running event loop, with no hop to a thread
+        (:mod:`nearline.brokers.redis_loop`), where :meth:`creates_on_loop` the broker."""
+        raise NotImplementedError(f"{type(self).__name__} cannot create jobs on an event loop")
+
     def start_on_receive(self, broker: Broker, queue: str) -> bool:
         """Have ``broker``'s receives from ``queue`` (the request queue) also start the jobs
         they lease, where this store can (Redis, on the broker's own database:

@@ -32,6 +32,7 @@ Memory (measured, Redis 7.0): a finished record takes ~1.5 KB for a digits or to
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import uuid
@@ -42,6 +43,7 @@ import redis
 
 from nearline.brokers.base import Broker, Delivery
 from nearline.brokers.redis_client import connect
+from nearline.brokers.redis_loop import LoopCalls
 from nearline.brokers.redis_streams import RedisBroker
 from nearline.errors import BrokerError, ConfigError
 from nearline.jobs import PENDING_CALLBACK, JobRecord, JobStatus
@@ -50,15 +52,21 @@ from nearline.store.base import CallbackDelivery, Enqueue, Settle, StatusStore
 from nearline.store.outcomes_redis import RedisOutcomes
 from nearline.store.redis_lua import SCRIPTS
 from nearline.store.redis_receive import RECEIVE_STARTED
+from nearline.store.redis_records import (
+    DEADLINES,
+    FINISHED,
+    JOB_PREFIX,
+    SLOT_PREFIX,
+    announced_record,
+    create_args,
+    holder,
+    record,
+    timings_arg,
+)
 from nearline.store.redis_settle import HANDOVER_BYTES, SETTLE_ENDED, settle_ended_args
 from nearline.store.redis_submit import SUBMIT, submit_args
 from nearline.store.redis_wakeups import Wakeups, channel_for
 
-JOB_PREFIX = "nearline:job:"
-#: A keyed job's idempotency slot: ``nearline:job-slot:<slot>`` holds the job id.
-SLOT_PREFIX = "nearline:job-slot:"
-DEADLINES = "nearline:jobs:deadlines"
-FINISHED = "nearline:jobs:finished"
 #: The callback outbox: job ids by when their delivery is next due (or its lease ends), and
 #: ``nearline:delivery:<id>`` (url, created, attempts, token) for each.
 OUTBOX = "nearline:deliveries"
@@ -66,14 +74,6 @@ DELIVERY_PREFIX = "nearline:delivery:"
 _PENDING = json.dumps(PENDING_CALLBACK)
 #: Ids per mark_running script call and per purge batch: bounds the time one script blocks Redis.
 CHUNK = 500
-#: JSON-encoded fields (``status`` and ``updated`` are plain: the scripts read and write them).
-_JSON_FIELDS = (
-    *("pipeline", "input", "output", "custom_status", "created", "deadline", "priority"),
-    *("idempotency_key", "callback_url", "enqueued", "status_url", "deployment"),
-    *("shadow_of", "timings"),
-)
-#: Text fields kept plain (the scripts read the slot), and left out when None.
-_TEXT_FIELDS = ("idempotency_slot", "fingerprint")
 
 
 class RedisStore(StatusStore):
@@ -85,10 +85,11 @@ class RedisStore(StatusStore):
         self.retention_s = _retention(retention_s, own.get("retention_s"))
         scripts = {**SCRIPTS, "submit": SUBMIT, "settle_ended": SETTLE_ENDED}
         self._scripts = {name: self._redis.register_script(src) for name, src in scripts.items()}
+        self._on_loop = LoopCalls(self._redis)
         db = int(self._redis.connection_pool.connection_kwargs.get("db", 0))
         channel, origin = channel_for(db), uuid.uuid4().hex
         self.waiters: Wakeups = Wakeups(
-            self._redis, channel, origin, self._ended, _announced_record, self._callback_elsewhere
+            self._redis, channel, origin, self._ended, announced_record, self._callback_elsewhere
         )
 
     @property
@@ -118,49 +119,60 @@ class RedisStore(StatusStore):
             raise BrokerError(f"redis store {self.url}: {exc}") from exc
 
     def create(self, job: JobRecord) -> tuple[JobRecord, bool]:
-        existing = self._run("create", *self._create_args(job))
+        existing = self._run("create", *create_args(job, self._retention_ms()))
         if existing is None:
             return job, True
-        return _holder(existing), False
+        return holder(existing), False
 
     def create_enqueued(self, job: JobRecord, enqueue: Enqueue) -> tuple[JobRecord, bool] | None:
-        broker = enqueue.broker
-        if not isinstance(broker, RedisBroker) or not broker.same_database(self._redis):
-            return None
-        parts = broker.send_parts(enqueue.queue, job.id, enqueue.body, enqueue.lane, enqueue.ttl_s)
-        keys, args = submit_args(self._create_args(job), parts, enqueue.max_depth)
+        return self._create_enqueued(job, enqueue) if self.settles_with(enqueue.broker) else None
+
+    def _create_enqueued(self, job: JobRecord, enqueue: Enqueue) -> tuple[JobRecord, bool]:
+        keys, args = self._submit_args(job, enqueue)
         try:
             answer = self._run("submit", keys, args)
         except BrokerError as exc:
-            # A script that fails part way keeps what it wrote: a record without its message
-            # must not linger Pending (the same clean-up as step by step).
-            with contextlib.suppress(BrokerError):
-                self.delete(job.id)
-            raise BrokerError(f"could not enqueue job {job.id}: {exc}") from exc
+            raise self._unsubmitted(job, exc) from exc
+        return self._submitted(job, enqueue, answer)
+
+    def creates_on_loop(self, broker: Broker) -> bool:
+        return self.settles_with(broker)
+
+    async def create_enqueued_on_loop(self, job: JobRecord, enqueue: Enqueue) -> tuple[JobRecord, bool]:
+        """The submit script on this store's own connections (:mod:`nearline.brokers.redis_loop`);
+        where Redis lost the script (a restart, ``SCRIPT FLUSH``), :meth:`create_enqueued`
+        loads it again, on a thread."""
+        keys, args = self._submit_args(job, enqueue)
+        try:
+            answer = await self._on_loop.call("EVALSHA", self._scripts["submit"].sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return await asyncio.to_thread(self._create_enqueued, job, enqueue)
+        except redis.RedisError as exc:
+            raise await asyncio.to_thread(self._unsubmitted, job, exc) from exc
+        return self._submitted(job, enqueue, answer)
+
+    def _submit_args(self, job: JobRecord, enqueue: Enqueue) -> tuple[list[str], list[Any]]:
+        assert isinstance(enqueue.broker, RedisBroker)
+        parts = enqueue.broker.send_parts(enqueue.queue, job.id, enqueue.body, enqueue.lane, enqueue.ttl_s)
+        return submit_args(create_args(job, self._retention_ms()), parts, enqueue.max_depth)
+
+    def _submitted(self, job: JobRecord, enqueue: Enqueue, answer: list[Any]) -> tuple[JobRecord, bool]:
         if answer[0] == b"found":
-            return _holder(answer[1]), False
+            return holder(answer[1]), False
         if answer[0] == b"full":
             raise enqueue.full(int(answer[1]))
         return job, True
 
-    def _create_args(self, job: JobRecord) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of the create functions (:mod:`nearline.store.redis_lua`)."""
-        fields: list[Any] = ["status", job.status.value, "updated", repr(job.updated)]
-        for name in _JSON_FIELDS:
-            fields += [name, json.dumps(getattr(job, name))]
-        for name in _TEXT_FIELDS:
-            if getattr(job, name) is not None:
-                fields += [name, getattr(job, name)]
-        deadline = "" if job.deadline is None else repr(job.deadline)
-        keys = [JOB_PREFIX + job.id, DEADLINES, FINISHED]
-        if job.idempotency_slot is not None:
-            keys.append(SLOT_PREFIX + job.idempotency_slot)
-        args = [job.id, job.status.value, repr(job.updated), deadline, self._retention_ms(), JOB_PREFIX]
-        return keys, [*args, *fields]
+    def _unsubmitted(self, job: JobRecord, exc: Exception) -> BrokerError:
+        """The error of a failed submit script. One that failed part way keeps what it wrote: a
+        record without its message must not linger Pending (the same clean-up as step by step)."""
+        with contextlib.suppress(BrokerError):
+            self.delete(job.id)
+        return BrokerError(f"could not enqueue job {job.id}: {exc}")
 
     def keyed(self, slot: str) -> JobRecord | None:
         found = self._run("keyed", [SLOT_PREFIX + slot], [JOB_PREFIX])
-        return None if found is None else _holder(found)
+        return None if found is None else holder(found)
 
     def mark_enqueued(self, job_id: str) -> bool:
         return bool(self._run("mark_enqueued", [JOB_PREFIX + job_id], []))
@@ -173,7 +185,7 @@ class RedisStore(StatusStore):
             raw = self._redis.hgetall(JOB_PREFIX + job_id)
         except redis.RedisError as exc:
             raise BrokerError(f"redis store {self.url}: {exc}") from exc
-        return _record(job_id, raw) if raw else None
+        return record(job_id, raw) if raw else None
 
     def statuses(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         ids = list(job_ids)
@@ -211,7 +223,7 @@ class RedisStore(StatusStore):
         keys = [JOB_PREFIX + job_id, DEADLINES, FINISHED, OUTBOX]
         channel, message = self.waiters.channel, self.waiters.announcement(job_id)
         args = [job_id, status.value, json.dumps(output), repr(now), self._retention_ms(), channel, message]
-        args += [SLOT_PREFIX, DELIVERY_PREFIX, _PENDING, _timings(timings)]
+        args += [SLOT_PREFIX, DELIVERY_PREFIX, _PENDING, timings_arg(timings)]
         ended = self._run("finish", keys, args)
         if not ended:
             return False
@@ -233,14 +245,14 @@ class RedisStore(StatusStore):
             keys, args = self._finish_parts(chunk, now)
             for job_id, status, output in chunk:
                 args += [job_id, status.value, json.dumps(output), self.waiters.announcement(job_id)]
-                args += ["1" if self.waiters.wanted(job_id) else "0", _timings(found.get(job_id))]
+                args += ["1" if self.waiters.wanted(job_id) else "0", timings_arg(found.get(job_id))]
             answers += self._run("finish_many", keys, args)
         for (job_id, _, _), ended in zip(ends, answers, strict=True):
             callback = ended == 2  # it wrote a callback delivery
             if isinstance(ended, list):  # a waiter here: hand it the ended record
-                record = _holder([job_id.encode(), ended])
-                self.waiters.hand_over(job_id, record)
-                callback = record.callback_url is not None
+                handed = holder([job_id.encode(), ended])
+                self.waiters.hand_over(job_id, handed)
+                callback = handed.callback_url is not None
             if ended:
                 self._finished(job_id, callback=callback)
         return [bool(ended) for ended in answers]
@@ -266,7 +278,7 @@ class RedisStore(StatusStore):
         sends, settles = broker.settle_parts(settle.queue, settle.results, settle.deliveries)
         announce, timings = self.waiters.announcement, settle.timings
         ends = [
-            [job_id, status.value, json.dumps(output), announce(job_id), _timings(timings.get(job_id))]
+            [job_id, status.value, json.dumps(output), announce(job_id), timings_arg(timings.get(job_id))]
             for job_id, status, output in settle.ends
         ]
         args = settle_ended_args(sends, keys, [*shared, HANDOVER_BYTES], ends, settles)
@@ -319,7 +331,7 @@ class RedisStore(StatusStore):
             raws = pipe.execute()
         except redis.RedisError as exc:
             raise BrokerError(f"redis store {self.url}: {exc}") from exc
-        jobs = [_record(i, raw) for i, raw in zip(ids, raws, strict=True) if raw]
+        jobs = [record(i, raw) for i, raw in zip(ids, raws, strict=True) if raw]
         return sorted(jobs, key=lambda j: j.created, reverse=True)[:limit]
 
     def purge_terminal(self, updated_before: float) -> int:
@@ -359,6 +371,7 @@ class RedisStore(StatusStore):
 
     def close(self) -> None:
         self.waiters.close()
+        self._on_loop.close()
         self._redis.close()
 
 
@@ -373,28 +386,3 @@ def _retention(arg: float | None, url_option: str | None) -> float:
     if value <= 0:
         raise ConfigError(f"retention_s must be > 0, not {value}")
     return value
-
-
-def _timings(timings: dict[str, float] | None) -> str:
-    """The finish scripts' timings argument: JSON, or "" for none (the field keeps ``null``)."""
-    return "" if timings is None else json.dumps(timings)
-
-
-def _record(job_id: str, raw: dict[Any, Any]) -> JobRecord:
-    f = {k.decode(): v for k, v in raw.items()}
-    values = {name: json.loads(f[name]) for name in _JSON_FIELDS if name in f}
-    values.update((name, f[name].decode()) for name in _TEXT_FIELDS if name in f)
-    return JobRecord(id=job_id, status=JobStatus(f["status"].decode()), updated=float(f["updated"]), **values)
-
-
-def _announced_record(job_id: str, pairs: str) -> JobRecord:
-    """The record of a worker's announcement (:mod:`nearline.store.redis_settle`): the hash's
-    fields and values as a JSON array."""
-    flat = [item.encode() for item in json.loads(pairs)]
-    return _record(job_id, dict(zip(flat[::2], flat[1::2], strict=True)))
-
-
-def _holder(found: list[Any]) -> JobRecord:
-    """The record of a script's ``{id, hash as field/value pairs}``."""
-    job_id, pairs = found
-    return _record(job_id.decode(), dict(zip(pairs[::2], pairs[1::2], strict=True)))
