@@ -92,7 +92,7 @@ def serve(cfg: ServeSettings) -> int:
             metrics=metrics,
         )
         gc.freeze()  # what is loaded by now stays: full collections skip it (nearline/worker/cli.py)
-        server.run(app)
+        server.run(app, on_start=store.waiters.read_on_loop)  # Redis: ends heard on the loop
     finally:
         server.close()
         if reloader is not None:

@@ -68,6 +68,10 @@ class Waiters:
         waiters through re-reads."""
         return False
 
+    def read_on_loop(self) -> None:
+        """Where this process hears ends from elsewhere (Redis's pub/sub), hear them on the
+        running event loop from now on (a server's loop, for its life); nothing here."""
+
     def discard(self, job_id: str, fut: asyncio.Future[None]) -> None:
         with self._lock:
             entries = self._futures.get(job_id, [])

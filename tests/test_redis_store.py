@@ -255,3 +255,62 @@ def test_a_dropped_subscription_reconnects_and_catches_up(
         await asyncio.wait_for(again, timeout=5)
 
     asyncio.run(main())
+
+
+def test_a_loop_that_asks_hears_ends_on_the_loop_and_the_thread_hands_over(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    a, b = stores
+
+    def listening_threads() -> int:
+        return sum(t.name == "redis-store-wakeups" and t.is_alive() for t in threading.enumerate())
+
+    async def main() -> None:
+        a.waiters.start()  # as the lifecycle does at start: a thread listens
+        assert listening_threads() == 1
+        a.waiters.read_on_loop()  # as nearline serve does once it listens
+        deadline = time.monotonic() + 3
+        while a.waiters._reader is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # the thread hands over after its next read (<= 0.5 s)
+        assert a.waiters._reader is asyncio.get_running_loop() and listening_threads() == 0
+        for _ in range(3):  # each end is heard on this loop
+            j = job()
+            a.create(j)
+            fut = a.waiters.register(j.id)
+            assert b.finish(j.id, JobStatus.COMPLETED, {"n": 1}, time.time())
+            await asyncio.wait_for(fut, timeout=2)
+            got = a.get(j.id)
+            assert got is not None and got.output == {"n": 1}
+
+    asyncio.run(main())
+
+
+def test_a_subscription_dropped_on_the_loop_goes_back_to_a_thread_and_returns(
+    r: redis.Redis, stores: tuple[RedisStore, RedisStore]
+) -> None:
+    a, b = stores
+    j = job()
+    a.create(j)
+
+    async def main() -> None:
+        a.waiters.read_on_loop()
+        deadline = time.monotonic() + 3
+        while a.waiters._reader is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert a.waiters._reader is not None
+        fut = a.waiters.register(j.id)
+        r.hset(JOB_PREFIX + j.id, "status", "Completed")  # ended while the connection is down
+        host, port = a.waiters._pubsub.connection._sock.getsockname()[:2]
+        assert r.client_kill(f"{host}:{port}")  # this connection only: the server is shared
+        await asyncio.wait_for(fut, timeout=5)  # a thread reconnected and caught up
+        deadline = time.monotonic() + 3
+        while a.waiters._reader is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert a.waiters._reader is asyncio.get_running_loop()  # and handed it back
+        other = job()
+        a.create(other)
+        again = a.waiters.register(other.id)
+        assert b.finish(other.id, JobStatus.COMPLETED, {}, time.time())
+        await asyncio.wait_for(again, timeout=5)
+
+    asyncio.run(main())

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import ClassVar
 
 import uvicorn
@@ -69,11 +69,12 @@ class ApiServer:
         # uvicorn listens when it runs: until then a client is refused, not left waiting.
         self.port: int = self.socket.getsockname()[1]
 
-    def run(self, app: ASGIApp) -> None:
-        """Serve ``app`` until SIGINT or SIGTERM; then return (in-flight requests finished)."""
+    def run(self, app: ASGIApp, on_start: Callable[[], None] | None = None) -> None:
+        """Serve ``app`` until SIGINT or SIGTERM; then return (in-flight requests finished).
+        ``on_start`` is called on the server's event loop once it is serving."""
         protocol = type("LimitedProtocol", (LimitedProtocol,), {"limits": self.api})
         config = uvicorn.Config(app, http=protocol, ws="none", log_level="warning", access_log=False)
-        _Server(config).run(sockets=[self.socket])
+        _Server(config, on_start).run(sockets=[self.socket])
 
     def close(self) -> None:
         self.socket.close()
@@ -86,6 +87,15 @@ class _Server(uvicorn.Server):
     of it; ``nearline serve`` has its workers, lifecycle and queue to stop after the server,
     and then exits 0.
     """
+
+    def __init__(self, config: uvicorn.Config, on_start: Callable[[], None] | None = None) -> None:
+        super().__init__(config)
+        self._on_start = on_start
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self._on_start is not None and not self.should_exit:
+            self._on_start()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

@@ -18,6 +18,13 @@ the local lifecycle's dispatcher, are told) and, for outputs up to ``HANDOVER_BY
 record as a JSON array of the hash's fields and values, handed over the same way to a waiter
 here.
 
+Where the listening happens: a daemon thread, until the API server's event loop asks for it
+(:meth:`Wakeups.read_on_loop`, ``nearline serve`` once it listens). The thread then hands the
+subscription over to the loop, which reads announcements as it reads its sockets: a waiter is
+answered without a hop from the listener's thread to the loop's, a hop that costs a cold wake
+of the other core on a small machine (docs/benchmarks.md, "Sixth slice"). A failed read on the
+loop hands it back to a thread, which reconnects and hands it over again once it reads.
+
 If the connection drops, redis-py reconnects and subscribes again; announcements made in
 between are gone, so on every re-subscription the jobs still being waited for are looked up
 and the ended ones notified (``catch_up``). ``close`` stops the thread.
@@ -31,6 +38,7 @@ new subscription, and a job created before it is read, not trusted to be heard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -87,6 +95,10 @@ class Wakeups(Waiters):
         self._stop = threading.Event()
         self._pubsub: Any = None
         self._thread: threading.Thread | None = None
+        #: The loop that should read (read_on_loop), and the one that does, if any.
+        self._wanted: asyncio.AbstractEventLoop | None = None
+        self._reader: asyncio.AbstractEventLoop | None = None
+        self._fd = -1
         #: When the current subscription was confirmed (epoch seconds); None: not subscribed.
         self._subscribed_at: float | None = None
 
@@ -117,8 +129,18 @@ class Wakeups(Waiters):
                 raise BrokerError(f"redis store: Redis did not confirm the subscription to {self.channel}")
             self._pubsub = pubsub
             self._subscribed_at = time.time()
-            self._thread = threading.Thread(target=self._listen, name="redis-store-wakeups", daemon=True)
-            self._thread.start()
+            self._start_thread()
+
+    def read_on_loop(self) -> None:
+        """Have the running event loop read the announcements from now on (a server's loop,
+        for its process's life); the listener thread hands them over on its next read."""
+        self._wanted = asyncio.get_running_loop()
+        with contextlib.suppress(BrokerError):  # Redis down: the thread subscribes, then hands over
+            self.start()
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._listen, name="redis-store-wakeups", daemon=True)
+        self._thread.start()
 
     def hears_every_end(self, since: float) -> bool:
         """True when subscribed since before ``since``: an end after it is notified here (or,
@@ -134,18 +156,72 @@ class Wakeups(Waiters):
     def _listen(self) -> None:
         while not self._stop.is_set():
             try:
-                msg = self._pubsub.get_message(timeout=POLL_S)
-                if msg and msg.get("type") == "subscribe":  # again, after a reconnect
-                    self._subscribed_at = time.time()  # before the catch-up's snapshot of waiters
-                    for job_id in self._catch_up(self.waited()):
-                        self.notify(job_id)
-                elif msg and msg.get("type") == "message":
-                    self._announced(msg["data"].decode())
+                self._handle(self._pubsub.get_message(timeout=POLL_S))
             except (redis.RedisError, NearlineError, OSError, ValueError) as exc:
                 if self._stop.is_set():
                     return
                 log.warning("job wake-up subscription failed, reconnecting: %s", exc)
                 self._stop.wait(POLL_S)
+                continue
+            loop = self._wanted
+            if loop is not None and loop.is_running():  # read there from now on
+                with contextlib.suppress(RuntimeError):  # closed meanwhile: go on here
+                    loop.call_soon_threadsafe(self._attach)
+                    return
+
+    def _handle(self, msg: dict[str, Any] | None, on_loop: bool = False) -> None:
+        if msg and msg.get("type") == "subscribe":  # again, after a reconnect
+            self._subscribed_at = time.time()  # before the catch-up's snapshot of waiters
+            waited = self.waited()
+            if on_loop:  # the catch-up reads Redis: not on the loop's thread
+                threading.Thread(target=self._caught_up, args=(waited,), daemon=True).start()
+            else:
+                self._caught_up(waited)
+        elif msg and msg.get("type") == "message":
+            self._announced(msg["data"].decode())
+
+    def _caught_up(self, waited: list[str]) -> None:
+        try:
+            for job_id in self._catch_up(waited):
+                self.notify(job_id)
+        except (redis.RedisError, NearlineError, OSError) as exc:
+            log.warning("job wake-ups: could not catch up after a reconnect: %s", exc)
+
+    def _attach(self) -> None:
+        """On the wanted loop: read the subscription's socket there (what is buffered first)."""
+        sock = self._pubsub.connection._sock
+        if self._stop.is_set() or sock is None:  # closed, or dropped since the hand-over
+            if not self._stop.is_set():
+                self._start_thread()
+            return
+        loop = asyncio.get_running_loop()
+        self._reader, self._fd = loop, sock.fileno()
+        loop.add_reader(self._fd, self._drain)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Every announcement there is now, read without redis-py's reconnect-and-retry (which
+        would sleep on the loop): a failure hands the subscription back to a thread."""
+        loop, conn = asyncio.get_running_loop(), self._pubsub.connection
+        try:
+            while not self._stop.is_set() and conn.can_read(timeout=0):
+                answer = conn.read_response(disconnect_on_error=False, push_request=True, timeout=0)
+                self._handle(self._pubsub.handle_message(answer), on_loop=True)
+            if not self._stop.is_set():
+                return
+        except redis.TimeoutError:  # part of a message is here: the rest makes the socket readable
+            return
+        except (redis.RedisError, NearlineError, OSError, ValueError) as exc:
+            if not self._stop.is_set():
+                log.warning("job wake-up subscription failed on the event loop, reconnecting: %s", exc)
+        self._detach(loop)
+        if not self._stop.is_set():
+            self._start_thread()
+
+    def _detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._reader = None
+        with contextlib.suppress(Exception):  # its socket may be closed already
+            loop.remove_reader(self._fd)
 
     def _announced(self, message: str) -> None:
         """One announcement: ``<job id> <origin>``, or a worker's ``... <1|0> [<record>]``."""
@@ -164,8 +240,25 @@ class Wakeups(Waiters):
         """Stop listening and close the subscription's connection."""
         with self._start_lock:
             self._stop.set()
-            thread, pubsub = self._thread, self._pubsub
+            thread, pubsub, reader = self._thread, self._pubsub, self._reader
         if thread is not None:
             thread.join(timeout=5)
+        if reader is not None and not reader.is_closed():  # the loop's reader goes first
+            if reader.is_running() and reader is not _running_loop():
+                with contextlib.suppress(RuntimeError, TimeoutError):
+                    asyncio.run_coroutine_threadsafe(_call(self._detach, reader), reader).result(timeout=5)
+            else:
+                self._detach(reader)
         if pubsub is not None:
             pubsub.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _call(fn: Callable[[asyncio.AbstractEventLoop], None], loop: asyncio.AbstractEventLoop) -> None:
+    fn(loop)
