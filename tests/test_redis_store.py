@@ -314,3 +314,25 @@ def test_a_subscription_dropped_on_the_loop_goes_back_to_a_thread_and_returns(
         await asyncio.wait_for(again, timeout=5)
 
     asyncio.run(main())
+
+
+def test_when_the_loop_that_read_is_gone_a_thread_reads_again(stores: tuple[RedisStore, RedisStore]) -> None:
+    a, b = stores
+
+    async def on_a_loop_that_ends() -> None:
+        a.waiters.read_on_loop()
+        deadline = time.monotonic() + 3
+        while a.waiters._reader is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert a.waiters._reader is not None
+
+    asyncio.run(on_a_loop_that_ends())  # that loop is closed now
+
+    async def on_another_loop() -> None:
+        j = job()
+        a.create(j)
+        fut = a.waiters.register(j.id)
+        assert b.finish(j.id, JobStatus.COMPLETED, {}, time.time())
+        await asyncio.wait_for(fut, timeout=5)
+
+    asyncio.run(on_another_loop())

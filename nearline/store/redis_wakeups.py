@@ -108,6 +108,12 @@ class Wakeups(Waiters):
 
     def register(self, job_id: str) -> asyncio.Future[None]:
         self.start()
+        reader = self._reader
+        if reader is not None and reader.is_closed():  # the loop that read is gone: a thread reads
+            with self._start_lock:
+                if self._reader is reader and not self._stop.is_set():
+                    self._reader = self._wanted = None
+                    self._start_thread()
         return super().register(job_id)
 
     def start(self) -> None:
