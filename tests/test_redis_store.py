@@ -269,18 +269,10 @@ def test_a_loop_that_asks_hears_ends_on_the_loop_and_the_thread_hands_over(
         a.waiters.start()  # as the lifecycle does at start: a thread listens
         assert listening_threads() == 1
         a.waiters.read_on_loop()  # as nearline serve does once it listens
-        deadline = time.monotonic() + 3
-        while a.waiters._reader is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)  # the thread hands over after its next read (<= 0.5 s)
-        assert a.waiters._reader is asyncio.get_running_loop() and listening_threads() == 0
+        await read_on_this_loop(a)
+        assert listening_threads() == 0
         for _ in range(3):  # each end is heard on this loop
-            j = job()
-            a.create(j)
-            fut = a.waiters.register(j.id)
-            assert b.finish(j.id, JobStatus.COMPLETED, {"n": 1}, time.time())
-            await asyncio.wait_for(fut, timeout=2)
-            got = a.get(j.id)
-            assert got is not None and got.output == {"n": 1}
+            await an_end_is_heard(a, b)
 
     asyncio.run(main())
 
@@ -294,24 +286,14 @@ def test_a_subscription_dropped_on_the_loop_goes_back_to_a_thread_and_returns(
 
     async def main() -> None:
         a.waiters.read_on_loop()
-        deadline = time.monotonic() + 3
-        while a.waiters._reader is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert a.waiters._reader is not None
+        await read_on_this_loop(a)
         fut = a.waiters.register(j.id)
         r.hset(JOB_PREFIX + j.id, "status", "Completed")  # ended while the connection is down
         host, port = a.waiters._pubsub.connection._sock.getsockname()[:2]
         assert r.client_kill(f"{host}:{port}")  # this connection only: the server is shared
         await asyncio.wait_for(fut, timeout=5)  # a thread reconnected and caught up
-        deadline = time.monotonic() + 3
-        while a.waiters._reader is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert a.waiters._reader is asyncio.get_running_loop()  # and handed it back
-        other = job()
-        a.create(other)
-        again = a.waiters.register(other.id)
-        assert b.finish(other.id, JobStatus.COMPLETED, {}, time.time())
-        await asyncio.wait_for(again, timeout=5)
+        await read_on_this_loop(a)  # and handed it back
+        await an_end_is_heard(a, b)
 
     asyncio.run(main())
 
@@ -321,18 +303,27 @@ def test_when_the_loop_that_read_is_gone_a_thread_reads_again(stores: tuple[Redi
 
     async def on_a_loop_that_ends() -> None:
         a.waiters.read_on_loop()
-        deadline = time.monotonic() + 3
-        while a.waiters._reader is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert a.waiters._reader is not None
+        await read_on_this_loop(a)
 
     asyncio.run(on_a_loop_that_ends())  # that loop is closed now
+    asyncio.run(an_end_is_heard(a, b))
 
-    async def on_another_loop() -> None:
-        j = job()
-        a.create(j)
-        fut = a.waiters.register(j.id)
-        assert b.finish(j.id, JobStatus.COMPLETED, {}, time.time())
-        await asyncio.wait_for(fut, timeout=5)
 
-    asyncio.run(on_another_loop())
+async def read_on_this_loop(store: RedisStore) -> None:
+    """Return once ``store``'s announcements are read on the running loop (the listener thread
+    hands them over after its next read: within its 0.5 s poll)."""
+    deadline = time.monotonic() + 3
+    while store.waiters._reader is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert store.waiters._reader is asyncio.get_running_loop()
+
+
+async def an_end_is_heard(a: RedisStore, b: RedisStore) -> None:
+    """A job ended by replica ``b`` wakes its waiter on replica ``a``, record handed over."""
+    j = job()
+    a.create(j)
+    fut = a.waiters.register(j.id)
+    assert b.finish(j.id, JobStatus.COMPLETED, {"n": 1}, time.time())
+    await asyncio.wait_for(fut, timeout=5)
+    got = a.get(j.id)
+    assert got is not None and got.output == {"n": 1}
