@@ -55,18 +55,17 @@ class LoopCalls:
         """
         taken = self._take()
         conn = taken if taken is not None else await asyncio.to_thread(self._connect)
-        whole = False  # the answer was read whole: the connection can be used again
+        whole = False  # the answer was read whole (a value or an error): the connection is reusable
         try:
             conn.send_command(*command)
             if not conn.can_read(timeout=0):
                 await _readable(conn, self._timeout)
-            try:
-                answer = conn.read_response()
-            except redis.ResponseError:
-                whole = True
-                raise
+            answer = conn.read_response()
             whole = True
             return answer
+        except redis.ResponseError:
+            whole = True
+            raise
         finally:
             self._give_back(conn, whole)
 

@@ -213,13 +213,14 @@ class Wakeups(Waiters):
             while not self._stop.is_set() and conn.can_read(timeout=0):
                 answer = conn.read_response(disconnect_on_error=False, push_request=True, timeout=0)
                 self._handle(self._pubsub.handle_message(answer), on_loop=True)
-            if not self._stop.is_set():
-                return
         except redis.TimeoutError:  # part of a message is here: the rest makes the socket readable
             return
         except (redis.RedisError, NearlineError, OSError, ValueError) as exc:
             if not self._stop.is_set():
                 log.warning("job wake-up subscription failed on the event loop, reconnecting: %s", exc)
+        else:
+            if not self._stop.is_set():
+                return  # all read: the next announcement makes the socket readable again
         self._detach(loop)
         if not self._stop.is_set():
             self._start_thread()
